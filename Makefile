@@ -1,0 +1,43 @@
+# The two commands of the README: `make book` and `make test`.
+# Each sets up what it needs: a virtual environment with the pinned
+# requirements, this package, and a verified copy of Fashion-MNIST.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+READY  := $(VENV)/.requirements-installed
+
+.PHONY: book test unit nbval data setup outputs clean
+
+book: data
+	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going
+
+test: data
+	$(PY) -m pytest --nbval tests notebooks
+
+unit: setup
+	$(PY) -m pytest tests
+
+nbval: data
+	$(PY) -m pytest --nbval notebooks
+
+# Re-run notebooks (quick profile, CPU) and store their outputs:
+#   make outputs NOTEBOOKS=notebooks/06_lenet.ipynb
+NOTEBOOKS ?= notebooks/*.ipynb
+outputs: data
+	$(PY) -m d2l_utils store-outputs $(NOTEBOOKS)
+
+data: setup
+	$(PY) -m d2l_utils fetch-data
+
+setup: $(READY)
+
+$(READY): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $@
+
+clean:
+	rm -rf _build

@@ -1,0 +1,24 @@
+"""Infrastructure shared by the chapters: data, training, profiles, figures, run records."""
+
+from .data import (CLASS_NAMES, Batches, CorruptDataError, DataNotFoundError, FashionMNIST,
+                   fetch_fashion_mnist, find_fashion_mnist, load_fashion_mnist, read_fashion_mnist)
+from .plot import plot_history, show_images
+from .profile import DEVICES, PROFILES, Profile, choose_device, choose_profile, device_name, seed_everything
+from .results import code_version, load_runs, record_run, results_dir
+from .summary import count_parameters, layer_summary
+from .train import (EpochStats, History, Timer, accuracy, evaluate_accuracy, evaluate_loss,
+                    train_classifier)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CLASS_NAMES", "Batches", "CorruptDataError", "DataNotFoundError", "FashionMNIST",
+    "fetch_fashion_mnist", "find_fashion_mnist", "load_fashion_mnist", "read_fashion_mnist",
+    "plot_history", "show_images",
+    "DEVICES", "PROFILES", "Profile", "choose_device", "choose_profile", "device_name",
+    "seed_everything",
+    "code_version", "load_runs", "record_run", "results_dir",
+    "count_parameters", "layer_summary",
+    "EpochStats", "History", "Timer", "accuracy", "evaluate_accuracy", "evaluate_loss",
+    "train_classifier",
+]

@@ -1,0 +1,299 @@
+"""Fashion-MNIST: find the original IDX files, verify them, and serve batches.
+
+The loader reads the four IDX files itself into one uint8 tensor per split and
+keeps that tensor on the training device. A batch is then an index into it,
+a division by 255 and, when asked, one batched bilinear resize: no PIL, no
+per-image transforms and no worker processes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "CLASS_NAMES",
+    "DataNotFoundError",
+    "CorruptDataError",
+    "FashionMNIST",
+    "Batches",
+    "find_fashion_mnist",
+    "read_fashion_mnist",
+    "load_fashion_mnist",
+    "fetch_fashion_mnist",
+]
+
+CLASS_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat",
+               "sandal", "shirt", "sneaker", "bag", "ankle boot")
+
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+ENV_DIR = "FASHION_MNIST_DIR"
+
+# SHA-256 of each file's uncompressed bytes, so that a .gz from any source
+# (torchvision's download, Debian's package) and an unpacked copy all verify.
+FILES = {
+    "train-images-idx3-ubyte": ("c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+                                (60000, 28, 28)),
+    "train-labels-idx1-ubyte": ("bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+                                (60000,)),
+    "t10k-images-idx3-ubyte": ("5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+                               (10000, 28, 28)),
+    "t10k-labels-idx1-ubyte": ("0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+                               (10000,)),
+}
+
+
+class DataNotFoundError(FileNotFoundError):
+    """No complete copy of Fashion-MNIST was found in any known place."""
+
+
+class CorruptDataError(ValueError):
+    """A Fashion-MNIST file exists but its bytes are not the original ones."""
+
+
+def cache_dir() -> Path:
+    """The project's data cache: $D2L_DATA_DIR, else ~/.cache/d2l_utils/fashion-mnist."""
+    if os.environ.get("D2L_DATA_DIR"):
+        return Path(os.environ["D2L_DATA_DIR"]).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser()
+    return base / "d2l_utils" / "fashion-mnist"
+
+
+def _file_in(directory: Path, stem: str) -> Path | None:
+    for candidate in (directory / stem, directory / f"{stem}.gz",
+                      directory / "FashionMNIST" / "raw" / stem,
+                      directory / "FashionMNIST" / "raw" / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _complete(directory: Path) -> bool:
+    return all(_file_in(directory, stem) for stem in FILES)
+
+
+def _how_to_get_it(searched: list[Path]) -> str:
+    places = "\n".join(f"  - {p}" for p in searched)
+    return (
+        "Fashion-MNIST was not found. Looked in:\n" + places + "\n"
+        "Get it in one of these ways:\n"
+        "  - on Debian or Ubuntu: sudo apt-get install dataset-fashion-mnist\n"
+        "  - with internet access: python -m d2l_utils fetch-data (torchvision's download)\n"
+        f"  - a folder holding the four IDX files (.gz or unpacked): set {ENV_DIR}=/path/to/it\n"
+        "    or pass root=... to load_fashion_mnist"
+    )
+
+
+def find_fashion_mnist(root: str | os.PathLike | None = None) -> Path:
+    """The directory that holds all four IDX files, searched in a fixed order.
+
+    An explicit ``root`` (or $FASHION_MNIST_DIR) is used alone, so a wrong path
+    is an error rather than a silent fall-back. Otherwise: the project's cache,
+    then Debian's package path.
+    """
+    explicit = root if root is not None else os.environ.get(ENV_DIR)
+    if explicit:
+        directory = Path(explicit).expanduser()
+        if not _complete(directory):
+            raise DataNotFoundError(_how_to_get_it([directory]))
+        return directory
+    searched = [cache_dir(), DEBIAN_DIR]
+    for directory in searched:
+        if _complete(directory):
+            return directory
+    raise DataNotFoundError(_how_to_get_it(searched))
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        return path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as err:
+        raise CorruptDataError(
+            f"{path} cannot be read ({err}). Delete it and get the data again "
+            "(python -m d2l_utils fetch-data).") from err
+
+
+def _parse_idx(path: Path, raw: bytes, shape: tuple[int, ...]) -> torch.Tensor:
+    """Check an IDX file's header and return its payload as a uint8 tensor."""
+    ndim = len(shape)
+    header = 4 + 4 * ndim
+    magic = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else -1
+    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    if magic != 0x0800 + ndim or dims != shape or len(raw) != header + torch.Size(shape).numel():
+        raise CorruptDataError(
+            f"{path} is not the expected IDX file: expected shape {shape} and "
+            f"{header + torch.Size(shape).numel()} bytes, found magic {magic:#x}, shape {dims}, "
+            f"{len(raw)} bytes. Delete it and get the data again.")
+    return torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8).reshape(shape)
+
+
+@dataclass(frozen=True)
+class FashionMNIST:
+    """The whole data set as tensors: images uint8 (N, 28, 28), labels int64 (N,)."""
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    directory: Path
+
+
+_loaded: dict[Path, FashionMNIST] = {}
+
+
+def read_fashion_mnist(root: str | os.PathLike | None = None, verify: bool = True) -> FashionMNIST:
+    """Read and verify the four IDX files (once per process and directory)."""
+    directory = find_fashion_mnist(root).resolve()
+    if directory in _loaded:
+        return _loaded[directory]
+    tensors = []
+    for stem, (sha256, shape) in FILES.items():
+        path = _file_in(directory, stem)
+        raw = _read_bytes(path)
+        if verify and hashlib.sha256(raw).hexdigest() != sha256:
+            raise CorruptDataError(
+                f"{path} does not match the original Fashion-MNIST file (SHA-256 differs). "
+                "It may be truncated or from another data set: delete it and get the data again.")
+        tensors.append(_parse_idx(path, raw, shape))
+    train_images, train_labels, test_images, test_labels = tensors
+    data = FashionMNIST(train_images, train_labels.long(), test_images, test_labels.long(), directory)
+    _loaded[directory] = data
+    return data
+
+
+class Batches:
+    """Mini-batches of (images, labels) drawn from tensors that already sit on the device.
+
+    Images come out as float32 in [0, 1] with shape (B, 1, H, W), the same
+    values torchvision's ``ToTensor`` gives. ``shuffle`` draws a new order every
+    epoch from a generator seeded once, so a rerun sees the same batches.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *,
+                 shuffle: bool = False, resize: int | None = None, seed: int = 0) -> None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if resize is not None and (not isinstance(resize, int) or resize < 1):
+            raise ValueError(f"resize must be None or a positive int, got {resize!r}")
+        self.images, self.labels = images, labels
+        self.batch_size, self.shuffle, self.resize = batch_size, shuffle, resize
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return -(-len(self.labels) // self.batch_size)
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.labels)
+
+    def _transform(self, images: torch.Tensor) -> torch.Tensor:
+        X = images.unsqueeze(1).float().div_(255)
+        if self.resize is not None and self.resize != X.shape[-1]:
+            X = F.interpolate(X, size=(self.resize, self.resize), mode="bilinear",
+                              align_corners=False, antialias=self.resize < X.shape[-1])
+        return X
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.labels)
+        order = torch.randperm(n, generator=self.generator).to(self.labels.device) if self.shuffle else None
+        for start in range(0, n, self.batch_size):
+            if order is None:
+                index = slice(start, start + self.batch_size)
+            else:
+                index = order[start:start + self.batch_size]
+            yield self._transform(self.images[index]), self.labels[index]
+
+
+def _subset(images: torch.Tensor, labels: torch.Tensor, size: int | None, seed: int):
+    """A class-balanced-in-expectation random subset, the same for a given seed."""
+    if size is None or size >= len(labels):
+        return images, labels
+    if not isinstance(size, int) or size < 1:
+        raise ValueError(f"subset size must be None or a positive int, got {size!r}")
+    keep = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:size]
+    keep = keep.sort().values
+    return images[keep], labels[keep]
+
+
+def load_fashion_mnist(batch_size: int, resize: int | None = None, *,
+                       device: torch.device | str = "cpu", train_size: int | None = None,
+                       test_size: int | None = None, seed: int = 0,
+                       root: str | os.PathLike | None = None) -> tuple[Batches, Batches]:
+    """Training batches (shuffled) and test batches (in order) of Fashion-MNIST.
+
+    ``train_size``/``test_size`` take a fixed random subset (for quick runs);
+    ``resize`` makes square images of that side on the device.
+    """
+    data = read_fashion_mnist(root)
+    train = _subset(data.train_images, data.train_labels, train_size, seed)
+    test = _subset(data.test_images, data.test_labels, test_size, seed + 1)
+    device = torch.device(device)
+    train = [t.to(device) for t in train]
+    test = [t.to(device) for t in test]
+    return (Batches(*train, batch_size, shuffle=True, resize=resize, seed=seed),
+            Batches(*test, batch_size, shuffle=False, resize=resize))
+
+
+def _install_with_apt() -> bool:
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        return False
+    print("Installing Debian's package dataset-fashion-mnist ...")
+    done = subprocess.run(["apt-get", "install", "-y", "-q", "dataset-fashion-mnist"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        done = subprocess.run(["apt-get", "install", "-y", "-q", "dataset-fashion-mnist"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return done.returncode == 0 and _complete(DEBIAN_DIR)
+
+
+def _download_with_torchvision(target: Path) -> bool:
+    """Download into a temporary folder and move it into place only when complete."""
+    from torchvision.datasets import FashionMNIST as TorchvisionFashionMNIST
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        try:
+            TorchvisionFashionMNIST(tmp, train=True, download=True)
+            TorchvisionFashionMNIST(tmp, train=False, download=True)
+        except Exception as err:  # no network is the usual reason; say it and go on
+            print(f"torchvision's download failed: {err}")
+            return False
+        staged = Path(tmp) / "staged"
+        staged.mkdir()
+        for stem in FILES:
+            source = _file_in(Path(tmp), stem)
+            shutil.copy2(source, staged / source.name)
+        read_fashion_mnist(staged)  # verify before it becomes visible
+        _loaded.pop(staged.resolve(), None)
+        if target.exists():
+            shutil.rmtree(target)
+        staged.rename(target)
+    return True
+
+
+def fetch_fashion_mnist(root: str | os.PathLike | None = None) -> Path:
+    """Make sure a verified copy exists: use one found, else download, else apt-get."""
+    try:
+        directory = find_fashion_mnist(root)
+    except DataNotFoundError:
+        if root is not None or os.environ.get(ENV_DIR):
+            raise
+        if not (_download_with_torchvision(cache_dir()) or _install_with_apt()):
+            raise
+        directory = find_fashion_mnist()
+    read_fashion_mnist(directory)
+    return directory

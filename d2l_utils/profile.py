@@ -1,0 +1,134 @@
+"""Device and profile choice, seeding and deterministic settings.
+
+A notebook's ``parameters`` cell holds plain values (papermill can override
+them); ``choose_profile`` turns them into one small ``Profile`` that the rest
+of the notebook reads. Nothing here is hidden global state: the one
+environment variable consulted, ``D2L_DEVICE``, only fills in ``DEVICE="auto"``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = ["PROFILES", "DEVICES", "Profile", "choose_device", "choose_profile",
+           "device_name", "seed_everything"]
+
+PROFILES = ("quick", "full")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _mps_available() -> bool:
+    return hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
+
+
+def choose_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple's MPS, then the CPU; a named device must exist."""
+    if not isinstance(name, str) or name not in DEVICES:
+        raise ValueError(f"DEVICE must be one of {', '.join(map(repr, DEVICES))}; got {name!r}")
+    if name == "auto":
+        name = os.environ.get("D2L_DEVICE", "auto")
+        if name not in DEVICES:
+            raise ValueError(f"D2L_DEVICE must be one of {', '.join(DEVICES)}; got {name!r}")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if _mps_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("DEVICE='cuda' was asked for but PyTorch sees no CUDA GPU. "
+                           "Use DEVICE='auto' or 'cpu', or in Colab choose "
+                           "Runtime > Change runtime type > GPU.")
+    if name == "mps" and not _mps_available():
+        raise RuntimeError("DEVICE='mps' was asked for but this PyTorch has no MPS "
+                           "device. Use DEVICE='auto' or 'cpu'.")
+    return torch.device(name)
+
+
+def device_name(device: torch.device | str) -> str:
+    """A human name for the hardware: the GPU's model, or the CPU's and its thread count."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return f"Apple {platform.machine()} (MPS)"
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{model}, {torch.get_num_threads()} threads"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy (if present) and PyTorch on every device."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+        np.random.seed(seed)
+    except ImportError:
+        pass
+
+
+def _deterministic(device: torch.device) -> None:
+    # cuBLAS needs this set before its first use to be reproducible.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    # warn_only: a few CUDA kernels (e.g. some pooling backward passes) have no
+    # deterministic version; they warn instead of stopping the chapter.
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Which recipe a notebook runs (``quick`` for a CPU, ``full`` for a GPU), where, and its seed."""
+    name: str
+    device: torch.device
+    seed: int = 0
+
+    def pick(self, name: str, value: Any, *, quick: Any, full: Any) -> Any:
+        """``value`` if the notebook set it, else this profile's choice; checks its type.
+
+        ``name`` is the parameter's name, used in the error message.
+        """
+        default = quick if self.name == "quick" else full
+        if value is None:
+            return default
+        expected = type(quick if quick is not None else full)
+        if expected is float and type(value) is int:
+            value = float(value)
+        if type(value) is not expected:
+            raise TypeError(f"{name} must be {expected.__name__} (or None for the profile's "
+                            f"{default!r}); got {type(value).__name__} {value!r}")
+        return value
+
+    def __str__(self) -> str:
+        return f"profile {self.name!r} on {self.device.type} (seed {self.seed})"
+
+
+def choose_profile(profile: str | None = None, device: str = "auto", seed: int = 0) -> Profile:
+    """Check the notebook's parameters, pick the device, seed everything.
+
+    ``profile=None`` means ``full`` on a GPU and ``quick`` otherwise.
+    """
+    if profile is not None and (not isinstance(profile, str) or profile not in PROFILES):
+        raise ValueError(f"PROFILE must be one of {', '.join(map(repr, PROFILES))} or None "
+                         f"(chosen from the device); got {profile!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"SEED must be an int; got {type(seed).__name__} {seed!r}")
+    chosen = choose_device(device)
+    if profile is None:
+        profile = "quick" if chosen.type == "cpu" else "full"
+    _deterministic(chosen)
+    seed_everything(seed)
+    return Profile(profile, chosen, seed)

@@ -1,0 +1,209 @@
+"""Training and evaluation of classifiers: one loop that every chapter shares."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+__all__ = ["Timer", "EpochStats", "History", "accuracy", "evaluate_accuracy",
+           "evaluate_loss", "train_classifier"]
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work so that a timer measures it, not just its launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+class Timer:
+    """Wall-clock stopwatch that remembers every lap."""
+
+    def __init__(self) -> None:
+        self.laps: list[float] = []
+        self._start: float | None = None
+
+    def start(self) -> "Timer":
+        self._start = time.perf_counter()
+        return self
+
+    def stop(self) -> float:
+        if self._start is None:
+            raise RuntimeError("Timer.stop() called before Timer.start()")
+        self.laps.append(time.perf_counter() - self._start)
+        self._start = None
+        return self.laps[-1]
+
+    def sum(self) -> float:
+        return sum(self.laps)
+
+    def avg(self) -> float:
+        return self.sum() / len(self.laps) if self.laps else 0.0
+
+    def __enter__(self) -> "Timer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Number of correct predictions in a batch, as a tensor (no device sync)."""
+    return (logits.argmax(dim=1) == y).sum()
+
+
+def _device_of(net: nn.Module) -> torch.device:
+    for p in net.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def evaluate_accuracy(net: nn.Module, data_iter: Iterable, device: torch.device | None = None) -> float:
+    """Accuracy of ``net`` over ``data_iter``, in evaluation mode and without gradients."""
+    return _evaluate(net, data_iter, device)[1]
+
+
+def evaluate_loss(net: nn.Module, data_iter: Iterable, loss_fn: Callable | None = None,
+                  device: torch.device | None = None) -> float:
+    """Mean loss of ``net`` over ``data_iter`` (cross-entropy unless given)."""
+    return _evaluate(net, data_iter, device, loss_fn or nn.CrossEntropyLoss())[0]
+
+
+def _evaluate(net, data_iter, device=None, loss_fn=None):
+    device = device or _device_of(net)
+    was_training = net.training
+    net.eval()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    n = 0
+    with torch.no_grad():
+        for X, y in data_iter:
+            X, y = X.to(device), y.to(device)
+            logits = net(X)
+            if loss_fn is not None:
+                loss_sum += loss_fn(logits, y) * len(y)
+            correct += accuracy(logits, y)
+            n += len(y)
+    net.train(was_training)
+    if n == 0:
+        raise ValueError("evaluation data is empty")
+    return loss_sum.item() / n, correct.item() / n
+
+
+@dataclass
+class EpochStats:
+    """What one epoch measured. Loss is the mean per example."""
+    epoch: int
+    train_loss: float
+    train_acc: float
+    test_acc: float
+    seconds: float
+    examples_per_sec: float
+
+
+@dataclass
+class History:
+    """Per-epoch metrics of one training run, printable and plottable."""
+    epochs: list[EpochStats] = field(default_factory=list)
+    device: str = "cpu"
+
+    HEADER = "epoch  train loss  train acc  test acc       time     examples/s"
+
+    @staticmethod
+    def format_row(s: EpochStats) -> str:
+        # The timing columns stand apart so one sanitizer pattern covers them.
+        return (f"{s.epoch:5d}  {s.train_loss:10.4f}  {s.train_acc:9.3f}  {s.test_acc:8.3f}"
+                f"  {s.seconds:7.1f} s  {s.examples_per_sec:9,.0f}/s")
+
+    def __getitem__(self, key: str) -> list[float]:
+        return [getattr(s, key) for s in self.epochs]
+
+    @property
+    def final(self) -> EpochStats:
+        return self.epochs[-1]
+
+    @property
+    def wall_time(self) -> float:
+        return sum(s.seconds for s in self.epochs)
+
+    def summary(self) -> str:
+        f = self.final
+        return (f"train loss {f.train_loss:.4f}, train acc {f.train_acc:.3f}, "
+                f"test acc {f.test_acc:.3f} after {f.epoch} epochs on {self.device}")
+
+    def __str__(self) -> str:
+        return "\n".join([self.HEADER, *map(self.format_row, self.epochs), self.summary()])
+
+    def to_dict(self) -> dict:
+        return {"device": self.device, "epochs": [asdict(s) for s in self.epochs]}
+
+    def plot(self, ax=None, title: str | None = None):
+        """Loss and accuracies against the epoch on one axis; returns the axis."""
+        from .plot import plot_history
+        return plot_history(self, ax=ax, title=title)
+
+
+def _progress(iterable, total: int, enabled: bool | None, desc: str):
+    """A tqdm bar in a terminal; nothing in a notebook, whose output must stay stable."""
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+    return tqdm(iterable, total=total, desc=desc, leave=False)
+
+
+def train_classifier(net: nn.Module, train_iter, test_iter, *, epochs: int,
+                     optimizer: torch.optim.Optimizer, loss_fn: Callable | None = None,
+                     device: torch.device | str | None = None, verbose: bool = True,
+                     progress: bool | None = None) -> History:
+    """Train ``net`` for ``epochs`` epochs and evaluate it on ``test_iter`` after each.
+
+    Prints one line per epoch (when ``verbose``). Loss and accuracy sums stay on
+    the device until the epoch ends, so a GPU is never stalled batch by batch.
+    """
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    device = torch.device(device) if device is not None else _device_of(net)
+    net.to(device)
+    loss_fn = loss_fn or nn.CrossEntropyLoss()
+    history = History(device=device.type)
+    if verbose:
+        print(History.HEADER)
+    for epoch in range(1, epochs + 1):
+        net.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        n = 0
+        _synchronize(device)
+        timer = Timer().start()
+        for X, y in _progress(train_iter, len(train_iter), progress, f"epoch {epoch}"):
+            X, y = X.to(device), y.to(device)
+            logits = net(X)
+            loss = loss_fn(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                loss_sum += loss.detach() * len(y)
+                correct += accuracy(logits, y)
+            n += len(y)
+        _synchronize(device)
+        seconds = timer.stop()
+        if not torch.isfinite(loss_sum):
+            raise FloatingPointError(f"the training loss became {loss_sum.item()} in epoch {epoch}: "
+                                     "lower the learning rate or check the model's initialisation")
+        stats = EpochStats(epoch, loss_sum.item() / n, correct.item() / n,
+                           evaluate_accuracy(net, test_iter, device), seconds, n / seconds)
+        history.epochs.append(stats)
+        if verbose:
+            print(History.format_row(stats), flush=True)
+    if verbose:
+        print(history.summary())
+    return history
