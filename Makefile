@@ -7,7 +7,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 READY  := $(VENV)/.requirements-installed
 
-.PHONY: book test unit nbval data setup outputs clean
+.PHONY: book test unit nbval data setup outputs run clean
 
 book: data
 	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going
@@ -26,6 +26,14 @@ nbval: data
 NOTEBOOKS ?= notebooks/*.ipynb
 outputs: data
 	$(PY) -m d2l_utils store-outputs $(NOTEBOOKS)
+
+# Run notebooks under a profile into _build/runs (the committed ones stay as they are):
+#   make run PROFILE=full DEVICE=cuda NOTEBOOKS=notebooks/06_lenet.ipynb PARAMS="-p EPOCHS 5"
+PROFILE ?= quick
+DEVICE  ?= auto
+PARAMS  ?=
+run: data
+	$(PY) -m d2l_utils run $(NOTEBOOKS) --profile $(PROFILE) --device $(DEVICE) $(PARAMS)
 
 data: setup
 	$(PY) -m d2l_utils fetch-data

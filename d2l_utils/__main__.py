@@ -1,4 +1,9 @@
-"""Command line: ``python -m d2l_utils fetch-data | store-outputs NOTEBOOK...``."""
+"""Command line of the course.
+
+    python -m d2l_utils fetch-data
+    python -m d2l_utils run notebooks/06_lenet.ipynb --profile full --device cuda -p EPOCHS 5
+    python -m d2l_utils store-outputs notebooks/06_lenet.ipynb
+"""
 
 from __future__ import annotations
 
@@ -6,16 +11,29 @@ import argparse
 import sys
 
 from .data import CorruptDataError, DataNotFoundError, fetch_fashion_mnist
+from .profile import DEVICES, PROFILES
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m d2l_utils")
     commands = parser.add_subparsers(dest="command", required=True)
+
     fetch = commands.add_parser("fetch-data", help="find, download or install Fashion-MNIST and verify it")
     fetch.add_argument("--root", help="a folder that holds (or should hold) the four IDX files")
+
+    run = commands.add_parser("run", help="execute notebooks under a profile into _build/runs "
+                              "(the committed notebooks are not changed)")
+    run.add_argument("notebooks", nargs="+", help="paths of .ipynb files")
+    run.add_argument("--profile", required=True, choices=PROFILES)
+    run.add_argument("--device", default="auto", choices=DEVICES)
+    run.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
+                     metavar=("NAME", "VALUE"), help="override a notebook parameter")
+    run.add_argument("--output-dir", default="_build/runs")
+
     store = commands.add_parser("store-outputs", help="re-run notebooks (quick profile, CPU) and save "
                                 "their outputs in place")
     store.add_argument("notebooks", nargs="+", help="paths of .ipynb files")
+
     args = parser.parse_args(argv)
     if args.command == "fetch-data":
         try:
@@ -24,6 +42,21 @@ def main(argv: list[str] | None = None) -> int:
             print(err, file=sys.stderr)
             return 1
         print(f"Fashion-MNIST verified in {directory}")
+    elif args.command == "run":
+        from .notebooks import parse_value, run_notebooks
+        parameters = {name: parse_value(value) for name, value in args.parameter}
+        try:
+            outcomes = run_notebooks(args.notebooks, profile=args.profile, device=args.device,
+                                     parameters=parameters, output_dir=args.output_dir)
+        except (ValueError, FileNotFoundError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        failed = [o for o in outcomes if o.error]
+        for o in outcomes:
+            print(f"{'FAILED' if o.error else 'ok':6} {o.notebook} -> {o.output}"
+                  + (f"\n       {o.error}" if o.error else ""))
+        print(f"{len(outcomes) - len(failed)} passed, {len(failed)} failed")
+        return 1 if failed else 0
     elif args.command == "store-outputs":
         from .notebooks import store_outputs
         for path in args.notebooks:

@@ -1,0 +1,101 @@
+"""Running notebooks by profile: checks before running, failures reported, sources untouched."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from d2l_utils.__main__ import main
+from d2l_utils.notebooks import parse_value, run_notebooks, store_outputs
+
+
+def make_notebook(path: Path, body: str) -> Path:
+    params = nbformat.v4.new_code_cell('PROFILE = None\nDEVICE = "auto"\nEPOCHS = None')
+    params.metadata["tags"] = ["parameters"]
+    nb = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(body)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture
+def good(tmp_path):
+    return make_notebook(tmp_path / "good.ipynb", "print(PROFILE, DEVICE, EPOCHS)")
+
+
+@pytest.fixture
+def bad(tmp_path):
+    return make_notebook(tmp_path / "bad.ipynb", "raise ValueError('broken on purpose')")
+
+
+def printed(nb_path: Path) -> str:
+    nb = nbformat.read(nb_path, as_version=4)
+    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+
+def test_parse_value_reads_numbers_none_and_booleans():
+    assert parse_value("3") == 3 and isinstance(parse_value("3"), int)
+    assert parse_value("0.05") == 0.05
+    assert parse_value("None") is None
+    assert parse_value("true") is True
+    assert parse_value("sgd") == "sgd"
+
+
+def test_a_run_writes_the_executed_copy_and_leaves_the_source_alone(good, tmp_path):
+    before = good.read_bytes()
+    [outcome] = run_notebooks([good], profile="full", device="cpu", parameters={"EPOCHS": 3},
+                              output_dir=tmp_path / "runs")
+    assert outcome.error is None
+    assert outcome.output == tmp_path / "runs" / "full-cpu" / "good.ipynb"
+    assert printed(outcome.output).strip() == "full cpu 3"
+    assert good.read_bytes() == before
+
+
+def test_a_failing_notebook_is_reported_and_the_others_still_run(good, bad, tmp_path, capsys):
+    status = main(["run", str(bad), str(good), "--profile", "quick", "--device", "cpu",
+                   "--output-dir", str(tmp_path / "runs")])
+    out = capsys.readouterr().out
+    assert status == 1
+    assert "FAILED" in out and "bad.ipynb" in out and "ValueError: broken on purpose" in out
+    assert "1 passed, 1 failed" in out
+    assert (tmp_path / "runs" / "quick-cpu" / "good.ipynb").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--profile", "fast"], "invalid choice: 'fast'"),
+    (["--profile", "quick", "--device", "tpu"], "invalid choice: 'tpu'"),
+])
+def test_unknown_profile_or_device_is_refused_by_the_command(good, args, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", str(good), *args])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unknown_parameter_name_is_refused_before_anything_runs(good, bad, tmp_path, capsys):
+    status = main(["run", str(good), str(bad), "--profile", "quick", "-p", "EPOCS", "3",
+                   "--output-dir", str(tmp_path / "runs")])
+    assert status == 2
+    assert "has no parameter EPOCS" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_run_notebooks_rejects_unknown_profile_before_running(good, tmp_path):
+    with pytest.raises(ValueError, match="unknown profile 'medium'"):
+        run_notebooks([good], profile="medium", output_dir=tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_store_outputs_keeps_the_notebook_when_a_cell_fails(bad):
+    before = bad.read_bytes()
+    with pytest.raises(Exception, match="broken on purpose"):
+        store_outputs(bad)
+    assert bad.read_bytes() == before
+    assert not list(bad.parent.glob("*.tmp"))
+
+
+def test_store_outputs_saves_outputs_in_place(good):
+    store_outputs(good)
+    assert printed(good).strip() == "None auto None"
