@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -120,7 +121,7 @@ def _read_bytes(path: Path) -> bytes:
             with gzip.open(path, "rb") as f:
                 return f.read()
         return path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as err:
+    except (OSError, EOFError, zlib.error) as err:  # zlib.error: a damaged deflate stream
         raise CorruptDataError(
             f"{path} cannot be read ({err}). Delete it and get the data again "
             "(python -m d2l_utils fetch-data).") from err

@@ -11,7 +11,7 @@ from typing import Any
 __all__ = ["store_outputs", "run_notebooks", "RunOutcome", "parse_value", "check_run_request"]
 
 
-def store_outputs(path: str | os.PathLike, timeout: int = 1800) -> None:
+def store_outputs(path: str | os.PathLike, timeout: int | None = None) -> None:
     """Run a notebook top to bottom in a fresh kernel on the CPU and save its outputs in place.
 
     These are the outputs the book shows and ``pytest --nbval`` checks: the
@@ -23,6 +23,7 @@ def store_outputs(path: str | os.PathLike, timeout: int = 1800) -> None:
 
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
+    # ``timeout`` is per cell; None waits as long as a cell needs (a busy machine is slow).
     previous = os.environ.get("D2L_DEVICE")
     os.environ["D2L_DEVICE"] = "cpu"
     try:
@@ -37,6 +38,7 @@ def store_outputs(path: str | os.PathLike, timeout: int = 1800) -> None:
     os.close(fd)
     try:
         nbformat.write(nb, tmp)
+        os.chmod(tmp, path.stat().st_mode & 0o777)  # mkstemp makes it private; keep the file's mode
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

@@ -60,6 +60,7 @@ def _write_atomically(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a record is meant to be shared
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

@@ -82,15 +82,17 @@ def _evaluate(net, data_iter, device=None, loss_fn=None):
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
     n = 0
-    with torch.no_grad():
-        for X, y in data_iter:
-            X, y = X.to(device), y.to(device)
-            logits = net(X)
-            if loss_fn is not None:
-                loss_sum += loss_fn(logits, y) * len(y)
-            correct += accuracy(logits, y)
-            n += len(y)
-    net.train(was_training)
+    try:
+        with torch.no_grad():
+            for X, y in data_iter:
+                X, y = X.to(device), y.to(device)
+                logits = net(X)
+                if loss_fn is not None:
+                    loss_sum += loss_fn(logits, y) * len(y)
+                correct += accuracy(logits, y)
+                n += len(y)
+    finally:  # an interrupted evaluation must not leave the net in evaluation mode
+        net.train(was_training)
     if n == 0:
         raise ValueError("evaluation data is empty")
     return loss_sum.item() / n, correct.item() / n
