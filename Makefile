@@ -15,7 +15,7 @@ book: data
 test: data
 	$(PY) -m pytest --nbval tests notebooks
 
-unit: setup
+unit: data
 	$(PY) -m pytest tests
 
 nbval: data

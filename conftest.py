@@ -28,7 +28,8 @@ NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:[eE][-+]?\d+)?")
 SPACES = re.compile(r"[ \t]+")
 
 os.environ.setdefault("D2L_DEVICE", "cpu")
-os.environ.setdefault("D2L_RESULTS_DIR", tempfile.mkdtemp(prefix="d2l-results-"))
+if "D2L_RESULTS_DIR" not in os.environ:
+    os.environ["D2L_RESULTS_DIR"] = tempfile.mkdtemp(prefix="d2l-results-")
 
 
 def close_enough(test: str, ref: str) -> bool:

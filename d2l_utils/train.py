@@ -115,7 +115,7 @@ class History:
     epochs: list[EpochStats] = field(default_factory=list)
     device: str = "cpu"
 
-    HEADER = "epoch  train loss  train acc  test acc       time     examples/s"
+    HEADER = "epoch  train loss  train acc  test acc       time   examples/s"
 
     @staticmethod
     def format_row(s: EpochStats) -> str:

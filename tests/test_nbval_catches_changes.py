@@ -1,0 +1,81 @@
+"""The notebook regression must notice when a chapter's substance changes.
+
+Each test copies a chapter, changes one thing a reader would care about (a
+kernel size, a padding, the scaling of the data), runs ``pytest --nbval -x``
+on the copy, and expects it to fail at the cell whose stored output no longer
+holds, after the cells before it passed. ``-x`` stops at that first failure,
+so no test trains a whole chapter.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+
+
+def run_nbval(notebook: Path) -> subprocess.CompletedProcess:
+    shutil.copy(ROOT / "conftest.py", notebook.parent / "conftest.py")
+    env = dict(os.environ, D2L_DEVICE="cpu", D2L_RESULTS_DIR=str(notebook.parent / "results"))
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "--nbval", "-x", "-q", "-p", "no:cacheprovider",
+         "--nbval-current-env", f"--nbval-sanitize-with={ROOT / 'tests' / 'sanitize.cfg'}",
+         "--rootdir", str(notebook.parent), str(notebook)],
+        cwd=notebook.parent, env=env, capture_output=True, text=True, timeout=900)
+
+
+def mutated_copy(tmp_path: Path, name: str, old: str, new: str) -> tuple[Path, int]:
+    """Copy of a chapter with ``old`` replaced by ``new`` in exactly one code cell."""
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    hits = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and old in c.source]
+    assert len(hits) == 1, f"{old!r} should stand in exactly one code cell of {name}, found {hits}"
+    nb.cells[hits[0]].source = nb.cells[hits[0]].source.replace(old, new)
+    path = tmp_path / name
+    nbformat.write(nb, path)
+    return path, hits[0]
+
+
+def failed_cell(result: subprocess.CompletedProcess) -> int:
+    """Index of the notebook cell nbval reported as failing."""
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    found = re.findall(r"::Cell (\d+)", result.stdout)
+    assert found, result.stdout[-3000:]
+    return int(found[-1])
+
+
+def code_cell_index(name: str, cell: int) -> int:
+    """nbval numbers code cells only; map a cell index of the notebook to that number."""
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    return sum(1 for c in nb.cells[:cell] if c.cell_type == "code")
+
+
+@pytest.mark.parametrize("old, new", [
+    ("nn.Conv2d(1, 6, kernel_size=5, padding=2)", "nn.Conv2d(1, 6, kernel_size=3, padding=1)"),
+    ("nn.Conv2d(1, 6, kernel_size=5, padding=2)", "nn.Conv2d(1, 6, kernel_size=5, padding=1)"),
+])
+def test_changing_a_lenet_layer_fails_at_its_shape_table(tmp_path, old, new):
+    path, edited = mutated_copy(tmp_path, "06_lenet.ipynb", old, new)
+    summary = code_cell_index("06_lenet.ipynb", edited) + 1  # the cell that prints the shapes
+    assert failed_cell(run_nbval(path)) == summary
+
+
+def test_rescaling_the_data_fails_the_lenet_training_log(tmp_path):
+    """Standardising the pixels (instead of the stored run's [0, 1] scaling) changes the log
+    by more than the tolerance that absorbs thread-count noise."""
+    old = "train_iter, test_iter = load_fashion_mnist(batch_size, device=profile.device, seed=SEED)"
+    new = old + (
+        "\nimport d2l_utils.data as _data\n"
+        "_scale = _data.Batches._transform\n"
+        "_data.Batches._transform = lambda self, images: (_scale(self, images) - 0.2860) / 0.3530")
+    path, edited = mutated_copy(tmp_path, "06_lenet.ipynb", old, new)
+    training = code_cell_index("06_lenet.ipynb", edited) + 1
+    assert failed_cell(run_nbval(path)) == training

@@ -1,0 +1,164 @@
+"""Run records: one JSON file per training run, written atomically and read back."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import d2l_utils
+from d2l_utils import (EpochStats, History, Profile, code_version, device_name, load_runs, record_run,
+                       results_dir)
+from d2l_utils import results as d2l_results
+
+PROJECT = Path(__file__).resolve().parents[1]
+PROFILE = Profile("quick", torch.device("cpu"), seed=3)
+HPARAMS = {"epochs": 2, "batch_size": 256, "lr": 0.9, "optimizer": "SGD", "resize": None,
+           "train_size": [1000, 500]}
+
+
+@pytest.fixture(autouse=True)
+def results_in_tmp(tmp_path, monkeypatch):
+    """Records go to a temporary folder, never to the project's results/."""
+    monkeypatch.setenv("D2L_RESULTS_DIR", str(tmp_path / "results"))
+    return tmp_path / "results"
+
+
+@pytest.fixture
+def history() -> History:
+    return History([EpochStats(1, 0.9, 0.61, 0.64, 2.5, 400.0),
+                    EpochStats(2, 0.5, 0.81, 0.79, 1.5, 666.6666666666666)], device="cpu")
+
+
+def net() -> nn.Module:
+    return nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))  # 15 + 8 parameters
+
+
+def files_below(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def test_record_run_writes_every_field_to_profile_device_chapter_model_json(history, tmp_path):
+    before = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    path = record_run(history, chapter="07_alexnet", model="alexnet", net=net(), profile=PROFILE,
+                      hparams=HPARAMS, directory=tmp_path / "runs")
+    after = dt.datetime.now(dt.timezone.utc)
+    assert path == tmp_path / "runs" / "quick" / "cpu" / "07_alexnet--alexnet.json"
+    record = json.loads(path.read_text())
+    assert record["chapter"] == "07_alexnet" and record["model"] == "alexnet"
+    assert record["parameters"] == 23
+    assert record["profile"] == "quick" and record["seed"] == 3
+    assert record["device"] == "cpu" and record["device_name"] == device_name("cpu")
+    assert record["torch"] == torch.__version__
+    assert record["code_version"] == code_version() != ""
+    assert record["hparams"] == HPARAMS
+    assert record["epochs"] == [asdict(s) for s in history.epochs]
+    assert record["final"] == asdict(history.epochs[-1])
+    assert record["wall_time"] == 4.0
+    date = dt.datetime.fromisoformat(record["date"])
+    assert date.tzinfo is not None and before <= date <= after
+
+
+def test_records_go_to_d2l_results_dir_by_default(history, results_in_tmp):
+    assert results_dir() == results_in_tmp
+    path = record_run(history, chapter="06_lenet", model="lenet", net=net(), profile=PROFILE,
+                      hparams=HPARAMS)
+    assert path == results_in_tmp / "quick" / "cpu" / "06_lenet--lenet.json"
+
+
+def test_without_d2l_results_dir_records_go_to_the_projects_results_folder(monkeypatch, tmp_path):
+    monkeypatch.delenv("D2L_RESULTS_DIR")
+    monkeypatch.chdir(tmp_path)  # not inside the project: found from the package's own location
+    assert results_dir() == PROJECT / "results"
+    monkeypatch.chdir(PROJECT / "notebooks")
+    assert results_dir() == PROJECT / "results"
+
+
+def test_no_temporary_file_is_left_behind(history, tmp_path):
+    for model in ("a", "b", "a"):  # the second "a" replaces the first
+        record_run(history, chapter="06_lenet", model=model, net=net(), profile=PROFILE,
+                   hparams=HPARAMS, directory=tmp_path)
+    assert files_below(tmp_path) == ["quick/cpu/06_lenet--a.json", "quick/cpu/06_lenet--b.json"]
+
+
+@pytest.mark.parametrize("bad", [object(), torch.tensor(0.1), float("nan"), {1, 2}],
+                         ids=["object", "tensor", "nan", "set"])
+def test_hparams_that_are_not_json_raise_type_error_and_write_nothing(history, tmp_path, bad):
+    with pytest.raises(TypeError, match="hparams"):
+        record_run(history, chapter="06_lenet", model="lenet", net=net(), profile=PROFILE,
+                   hparams={"lr": bad}, directory=tmp_path)
+    assert files_below(tmp_path) == []
+
+
+def test_a_failed_write_keeps_the_previous_record_and_leaves_no_temporary_file(
+        history, tmp_path, monkeypatch):
+    path = record_run(history, chapter="06_lenet", model="lenet", net=net(), profile=PROFILE,
+                      hparams=HPARAMS, directory=tmp_path)
+    previous = path.read_text()
+
+    def disk_full(src, dst):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch, pytest.raises(OSError, match="No space"):
+        patch.setattr(d2l_results.os, "replace", disk_full)
+        record_run(history, chapter="06_lenet", model="lenet", net=net(), profile=PROFILE,
+                   hparams={**HPARAMS, "epochs": 99}, directory=tmp_path)
+    assert path.read_text() == previous
+    assert files_below(tmp_path) == ["quick/cpu/06_lenet--lenet.json"]
+
+
+def test_an_empty_history_is_not_recorded(tmp_path):
+    with pytest.raises(ValueError, match="empty"):
+        record_run(History(), chapter="06_lenet", model="lenet", net=net(), profile=PROFILE,
+                   hparams=HPARAMS, directory=tmp_path)
+    assert files_below(tmp_path) == []
+
+
+def test_load_runs_reads_every_record_back_sorted_by_path(history, tmp_path):
+    written = [
+        record_run(history, chapter="08_vgg", model="vgg-11", net=net(), profile=PROFILE,
+                   hparams=HPARAMS, directory=tmp_path),
+        record_run(history, chapter="06_lenet", model="lenet", net=net(), profile=PROFILE,
+                   hparams=HPARAMS, directory=tmp_path),
+    ]
+    # A record from another machine, as it would arrive in results/full/cuda/.
+    gpu_record = json.loads(written[1].read_text()) | {"profile": "full", "device": "cuda"}
+    gpu_path = tmp_path / "full" / "cuda" / "06_lenet--lenet.json"
+    gpu_path.parent.mkdir(parents=True)
+    gpu_path.write_text(json.dumps(gpu_record))
+    runs = load_runs(tmp_path)
+    assert [r["path"] for r in runs] == ["full/cuda/06_lenet--lenet.json",
+                                         "quick/cpu/06_lenet--lenet.json",
+                                         "quick/cpu/08_vgg--vgg-11.json"]
+    assert runs[1] == json.loads(written[1].read_text()) | {"path": "quick/cpu/06_lenet--lenet.json"}
+    assert runs[2]["model"] == "vgg-11" and runs[0]["device"] == "cuda"
+
+
+def test_load_runs_defaults_to_the_results_folder(history, results_in_tmp):
+    record_run(history, chapter="06_lenet", model="lenet", net=net(), profile=PROFILE,
+               hparams=HPARAMS)
+    assert [r["model"] for r in load_runs()] == ["lenet"]
+
+
+def test_code_version_names_the_checked_out_commit():
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT, capture_output=True,
+                          text=True, check=True).stdout.strip()
+    tags = subprocess.run(["git", "tag", "--points-at", "HEAD"], cwd=PROJECT, capture_output=True,
+                          text=True, check=True).stdout.split()
+    version = code_version().removesuffix("-dirty")
+    assert head[:12] in version or version in tags
+
+
+def test_code_version_without_git_is_the_package_version(monkeypatch):
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory: 'git'")
+
+    monkeypatch.setattr(d2l_results.subprocess, "run", no_git)
+    assert code_version() == d2l_utils.__version__
+
