@@ -16,13 +16,7 @@ from d2l_utils import (Batches, DataNotFoundError, EpochStats, History, Timer, a
 from d2l_utils import train as d2l_train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are small: on shared cores a second thread only adds waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
