@@ -295,13 +295,11 @@ def _install_with_apt() -> bool:
     if shutil.which("apt-get") is None or os.geteuid() != 0:
         return False
     print("Installing Debian's package dataset-fashion-mnist ...")
-    done = subprocess.run(["apt-get", "install", "-y", "-q", "dataset-fashion-mnist"],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if done.returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
-        done = subprocess.run(["apt-get", "install", "-y", "-q", "dataset-fashion-mnist"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    install = ["apt-get", "install", "-y", "-q", "dataset-fashion-mnist"]
+    done = subprocess.run(install, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:  # a stale package list is the usual reason: refresh it once
+        subprocess.run(["apt-get", "update", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        done = subprocess.run(install, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     return done.returncode == 0 and _complete(DEBIAN_DIR)
 
 

@@ -76,6 +76,7 @@ def record_run(history: History, *, chapter: str, model: str, net: nn.Module, pr
     """
     if not history.epochs:
         raise ValueError("the history is empty: train before recording the run")
+    epochs = history.to_dict()["epochs"]
     record = {
         "chapter": chapter,
         "model": model,
@@ -88,8 +89,8 @@ def record_run(history: History, *, chapter: str, model: str, net: nn.Module, pr
         "code_version": code_version(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "hparams": hparams,
-        "epochs": history.to_dict()["epochs"],
-        "final": history.to_dict()["epochs"][-1],
+        "epochs": epochs,
+        "final": epochs[-1],
         "wall_time": history.wall_time,
     }
     try:
