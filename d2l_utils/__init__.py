@@ -4,8 +4,8 @@ from .data import (CLASS_NAMES, Batches, CorruptDataError, DataNotFoundError, Fa
                    fetch_fashion_mnist, find_fashion_mnist, load_fashion_mnist, read_fashion_mnist)
 from .plot import plot_history, show_images
 from .profile import DEVICES, PROFILES, Profile, choose_device, choose_profile, device_name, seed_everything
-from .results import code_version, load_runs, record_run, results_dir
-from .summary import count_parameters, layer_summary
+from .results import code_version, load_runs, project_results_dir, record_run, results_dir
+from .summary import count_macs, count_parameters, layer_summary, network_depth
 from .train import (EpochStats, History, Timer, accuracy, evaluate_accuracy, evaluate_loss,
                     train_classifier)
 
@@ -17,8 +17,8 @@ __all__ = [
     "plot_history", "show_images",
     "DEVICES", "PROFILES", "Profile", "choose_device", "choose_profile", "device_name",
     "seed_everything",
-    "code_version", "load_runs", "record_run", "results_dir",
-    "count_parameters", "layer_summary",
+    "code_version", "load_runs", "project_results_dir", "record_run", "results_dir",
+    "count_macs", "count_parameters", "layer_summary", "network_depth",
     "EpochStats", "History", "Timer", "accuracy", "evaluate_accuracy", "evaluate_loss",
     "train_classifier",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -24,16 +25,19 @@ def store_outputs(path: str | os.PathLike, timeout: int | None = None) -> None:
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
     # ``timeout`` is per cell; None waits as long as a cell needs (a busy machine is slow).
-    previous = os.environ.get("D2L_DEVICE")
+    from .results import OVERRIDES_ENV
+
+    # The chapter's own run: on the CPU, with no runner overrides.
+    saved = {name: os.environ.pop(name, None) for name in ("D2L_DEVICE", OVERRIDES_ENV)}
     os.environ["D2L_DEVICE"] = "cpu"
     try:
         NotebookClient(nb, timeout=timeout, kernel_name="python3",
                        resources={"metadata": {"path": str(path.parent)}}).execute()
     finally:
-        if previous is None:
-            os.environ.pop("D2L_DEVICE")
-        else:
-            os.environ["D2L_DEVICE"] = previous
+        for name, value in saved.items():
+            os.environ.pop(name, None)
+            if value is not None:
+                os.environ[name] = value
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".ipynb.tmp")
     os.close(fd)
     try:
@@ -100,27 +104,43 @@ def run_notebooks(notebooks: list[str | os.PathLike], *, profile: str, device: s
     The committed notebooks are never written. A failing notebook is reported
     with its cell and error and the others still run.
     """
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
+    from .results import OVERRIDES_ENV, variant_name
 
     paths = [Path(p) for p in notebooks]
     parameters = dict(parameters or {})
     check_run_request(paths, profile, device, parameters)
     target = Path(output_dir) / f"{profile}-{device}"
+    suffix = f"--{variant_name(parameters)}" if parameters else ""
     outcomes = []
-    for path in paths:
-        output = target / path.name
-        if output.resolve() == path.resolve():
-            raise ValueError(f"refusing to overwrite {path}: choose another output folder")
-        output.parent.mkdir(parents=True, exist_ok=True)
-        outcome = RunOutcome(path, output)
-        try:
-            papermill.execute_notebook(str(path), str(output), cwd=str(path.parent),
-                                       kernel_name="python3", progress_bar=False,
-                                       parameters={"PROFILE": profile, "DEVICE": device, **parameters})
-        except PapermillExecutionError as err:
-            outcome.error = f"cell {err.cell_index}: {err.ename}: {err.evalue}"
-        except Exception as err:  # a kernel that died, a missing package: still report and go on
-            outcome.error = f"{type(err).__name__}: {err}"
-        outcomes.append(outcome)
+    previous = os.environ.get(OVERRIDES_ENV)
+    os.environ[OVERRIDES_ENV] = json.dumps(parameters)  # the kernels inherit it: see record_run
+    try:
+        for path in paths:
+            outcomes.append(_run_one(path, target / f"{path.stem}{suffix}.ipynb", profile, device,
+                                     parameters))
+    finally:
+        if previous is None:
+            os.environ.pop(OVERRIDES_ENV)
+        else:
+            os.environ[OVERRIDES_ENV] = previous
     return outcomes
+
+
+def _run_one(path: Path, output: Path, profile: str, device: str,
+             parameters: dict[str, Any]) -> RunOutcome:
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    if output.resolve() == path.resolve():
+        raise ValueError(f"refusing to overwrite {path}: choose another output folder")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    outcome = RunOutcome(path, output)
+    try:
+        papermill.execute_notebook(str(path), str(output), cwd=str(path.parent),
+                                   kernel_name="python3", progress_bar=False,
+                                   parameters={"PROFILE": profile, "DEVICE": device, **parameters})
+    except PapermillExecutionError as err:
+        outcome.error = f"cell {err.cell_index}: {err.ename}: {err.evalue}"
+    except Exception as err:  # a kernel that died, a missing package: still report and go on
+        outcome.error = f"{type(err).__name__}: {err}"
+    return outcome

@@ -19,10 +19,16 @@ import torch
 from torch import nn
 
 from .profile import Profile, device_name
-from .summary import count_parameters
+from .summary import count_macs, count_parameters, network_depth
 from .train import History
 
-__all__ = ["results_dir", "code_version", "record_run", "load_runs"]
+__all__ = ["results_dir", "project_results_dir", "code_version", "record_run", "load_runs", "run_overrides",
+           "variant_name"]
+
+# Set by ``python -m d2l_utils run`` for the notebooks it executes: the
+# parameters given with -p, as JSON. A run with overrides is a variant of the
+# chapter's run and gets its own record instead of replacing the chapter's.
+OVERRIDES_ENV = "D2L_RUN_OVERRIDES"
 
 
 def _project_root(start: Path) -> Path | None:
@@ -32,12 +38,21 @@ def _project_root(start: Path) -> Path | None:
     return None
 
 
+def project_results_dir() -> Path:
+    """``results/`` at the project's root (the committed records), else ``./results``.
+
+    Unlike ``results_dir`` this ignores $D2L_RESULTS_DIR: it is where the
+    book's records are, whatever folder new runs write to.
+    """
+    root = _project_root(Path.cwd()) or _project_root(Path(__file__).resolve().parent)
+    return (root or Path.cwd()) / "results"
+
+
 def results_dir() -> Path:
     """$D2L_RESULTS_DIR, else ``results/`` at the project's root, else ``./results``."""
     if os.environ.get("D2L_RESULTS_DIR"):
         return Path(os.environ["D2L_RESULTS_DIR"]).expanduser()
-    root = _project_root(Path.cwd()) or _project_root(Path(__file__).resolve().parent)
-    return (root or Path.cwd()) / "results"
+    return project_results_dir()
 
 
 def code_version() -> str:
@@ -52,6 +67,27 @@ def code_version() -> str:
     except (OSError, subprocess.CalledProcessError):
         from . import __version__
         return __version__
+
+
+def run_overrides() -> dict[str, Any]:
+    """The parameters this run was given on the runner's command line (empty if none)."""
+    text = os.environ.get(OVERRIDES_ENV, "")
+    if not text:
+        return {}
+    try:
+        overrides = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{OVERRIDES_ENV} must hold a JSON object of parameters; got {text!r}") from err
+    if not isinstance(overrides, dict):
+        raise ValueError(f"{OVERRIDES_ENV} must hold a JSON object of parameters; got {text!r}")
+    return overrides
+
+
+def variant_name(overrides: dict[str, Any]) -> str:
+    """A file-name part for a set of overrides: ``{"BATCH_SIZE": 64}`` -> ``batch_size-64``."""
+    def clean(text: str) -> str:
+        return "".join(c if c.isalnum() or c in ".-" else "_" for c in text)
+    return "--".join(f"{clean(k.lower())}-{clean(str(v))}" for k, v in sorted(overrides.items()))
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -73,18 +109,28 @@ def record_run(history: History, *, chapter: str, model: str, net: nn.Module, pr
 
     ``hparams`` holds the settings that shaped the run (epochs, batch size,
     learning rate, resize, subset sizes, ...); they must be JSON values.
+    A run that the runner started with parameter overrides is a variant: its
+    file name ends in them (``...--lenet--batch_size-64.json``) and the record
+    lists them under ``overrides``.
     """
     if not history.epochs:
         raise ValueError("the history is empty: train before recording the run")
     epochs = history.to_dict()["epochs"]
+    shape = history.input_shape
+    overrides = run_overrides()
     record = {
         "chapter": chapter,
         "model": model,
         "parameters": count_parameters(net),
+        "input_shape": list(shape) if shape else None,
+        "macs": count_macs(net, shape) if shape else None,
+        "depth": network_depth(net, shape) if shape else None,
         "profile": profile.name,
         "device": profile.device.type,
         "device_name": device_name(profile.device),
         "seed": profile.seed,
+        "threads": profile.threads,
+        "overrides": overrides,
         "torch": torch.__version__,
         "code_version": code_version(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -98,7 +144,8 @@ def record_run(history: History, *, chapter: str, model: str, net: nn.Module, pr
     except (TypeError, ValueError) as err:
         raise TypeError(f"hparams must hold plain JSON values (numbers, strings, lists): {err}") from err
     base = Path(directory) if directory is not None else results_dir()
-    path = base / profile.name / profile.device.type / f"{chapter}--{model}.json"
+    stem = f"{chapter}--{model}" + (f"--{variant_name(overrides)}" if overrides else "")
+    path = base / profile.name / profile.device.type / f"{stem}.json"
     _write_atomically(path, text)
     return path
 

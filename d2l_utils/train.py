@@ -114,6 +114,7 @@ class History:
     """Per-epoch metrics of one training run, printable and plottable."""
     epochs: list[EpochStats] = field(default_factory=list)
     device: str = "cpu"
+    input_shape: tuple[int, ...] | None = None  # of one example, e.g. (1, 28, 28)
 
     HEADER = "epoch  train loss  train acc  test acc       time   examples/s"
 
@@ -143,7 +144,8 @@ class History:
         return "\n".join([self.HEADER, *map(self.format_row, self.epochs), self.summary()])
 
     def to_dict(self) -> dict:
-        return {"device": self.device, "epochs": [asdict(s) for s in self.epochs]}
+        return {"device": self.device, "input_shape": self.input_shape,
+                "epochs": [asdict(s) for s in self.epochs]}
 
     def plot(self, ax=None, title: str | None = None):
         """Loss and accuracies against the epoch on one axis; returns the axis."""
@@ -187,6 +189,8 @@ def train_classifier(net: nn.Module, train_iter, test_iter, *, epochs: int,
         timer = Timer().start()
         for X, y in _progress(train_iter, len(train_iter), progress, f"epoch {epoch}"):
             X, y = X.to(device), y.to(device)
+            if history.input_shape is None:
+                history.input_shape = tuple(X.shape[1:])
             logits = net(X)
             loss = loss_fn(logits, y)
             optimizer.zero_grad(set_to_none=True)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nbformat
 import pytest
 
+from d2l_utils import load_runs
 from d2l_utils.__main__ import main
 from d2l_utils.notebooks import parse_value, run_notebooks, store_outputs
 
@@ -48,7 +50,7 @@ def test_a_run_writes_the_executed_copy_and_leaves_the_source_alone(good, tmp_pa
     [outcome] = run_notebooks([good], profile="full", device="cpu", parameters={"EPOCHS": 3},
                               output_dir=tmp_path / "runs")
     assert outcome.error is None
-    assert outcome.output == tmp_path / "runs" / "full-cpu" / "good.ipynb"
+    assert outcome.output == tmp_path / "runs" / "full-cpu" / "good--epochs-3.ipynb"
     assert printed(outcome.output).strip() == "full cpu 3"
     assert good.read_bytes() == before
 
@@ -99,3 +101,40 @@ def test_store_outputs_keeps_the_notebook_when_a_cell_fails(bad):
 def test_store_outputs_saves_outputs_in_place(good):
     store_outputs(good)
     assert printed(good).strip() == "None auto None"
+
+
+RECORDING = """
+import torch
+from d2l_utils import EpochStats, History, choose_profile, record_run
+profile = choose_profile(PROFILE, "cpu")
+history = History([EpochStats(1, 0.5, 0.8, 0.7, 1.0, 100.0)], input_shape=(3,))
+print(record_run(history, chapter="toy", model="linear", net=torch.nn.Linear(3, 2),
+                 profile=profile, hparams={"epochs": EPOCHS}).name)
+"""
+
+
+def test_runs_with_overrides_are_recorded_as_variants_beside_the_chapters_own_run(
+        tmp_path, monkeypatch):
+    monkeypatch.setenv("D2L_RESULTS_DIR", str(tmp_path / "results"))
+    nb = make_notebook(tmp_path / "toy.ipynb", RECORDING)
+    plain, = run_notebooks([nb], profile="quick", device="cpu", output_dir=tmp_path / "runs")
+    variant, = run_notebooks([nb], profile="quick", device="cpu", parameters={"EPOCHS": 5},
+                             output_dir=tmp_path / "runs")
+    assert plain.error is None and variant.error is None
+    assert printed(plain.output).strip() == "toy--linear.json"
+    assert printed(variant.output).strip() == "toy--linear--epochs-5.json"
+    assert plain.output != variant.output  # neither executed copy replaces the other
+    records = {r["path"]: r for r in load_runs(tmp_path / "results")}
+    assert records["quick/cpu/toy--linear.json"]["overrides"] == {}
+    assert records["quick/cpu/toy--linear--epochs-5.json"]["overrides"] == {"EPOCHS": 5}
+    assert records["quick/cpu/toy--linear--epochs-5.json"]["hparams"] == {"epochs": 5}
+    assert "D2L_RUN_OVERRIDES" not in os.environ  # the runner put the environment back
+
+
+def test_storing_outputs_ignores_overrides_left_in_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("D2L_RESULTS_DIR", str(tmp_path / "results"))
+    monkeypatch.setenv("D2L_RUN_OVERRIDES", '{"EPOCHS": 5}')
+    nb = make_notebook(tmp_path / "toy.ipynb", RECORDING)
+    store_outputs(nb)
+    assert printed(nb).strip() == "toy--linear.json"
+    assert os.environ["D2L_RUN_OVERRIDES"] == '{"EPOCHS": 5}'

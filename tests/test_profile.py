@@ -30,7 +30,9 @@ def restore_global_settings(monkeypatch):
     deterministic = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     cudnn = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    threads = torch.get_num_threads()
     yield
+    torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
     torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = cudnn
 
@@ -120,8 +122,45 @@ def test_seed_must_be_an_int(seed):
 
 def test_no_profile_means_quick_on_the_cpu():
     profile = choose_profile(None, "auto", seed=4)
-    assert profile == Profile("quick", CPU, 4)
-    assert str(profile) == "profile 'quick' on cpu (seed 4)"
+    assert profile == Profile("quick", CPU, 4, threads=1)
+    assert str(profile) == "profile 'quick' on cpu (seed 4, 1 thread)"
+
+
+# --- threads ----------------------------------------------------------------------------------
+
+def test_quick_on_a_cpu_runs_on_one_thread():
+    torch.set_num_threads(2)
+    profile = choose_profile("quick", "cpu")
+    assert profile.threads == 1 and torch.get_num_threads() == 1
+
+
+def test_full_on_a_cpu_keeps_pytorchs_threads():
+    torch.set_num_threads(2)
+    profile = choose_profile("full", "cpu")
+    assert profile.threads is None and torch.get_num_threads() == 2
+    assert str(profile) == "profile 'full' on cpu (seed 0)"
+
+
+def test_quick_on_a_gpu_keeps_pytorchs_threads(hardware):
+    hardware.setattr(torch.cuda, "is_available", lambda: True)
+    torch.set_num_threads(2)
+    profile = choose_profile("quick", "cuda")
+    assert profile.threads is None and torch.get_num_threads() == 2
+
+
+def test_threads_asked_for_are_set_and_shown():
+    torch.set_num_threads(1)
+    profile = choose_profile("quick", "cpu", threads=2)
+    assert profile.threads == 2 and torch.get_num_threads() == 2
+    assert str(profile) == "profile 'quick' on cpu (seed 0, 2 threads)"
+
+
+@pytest.mark.parametrize("threads", [0, -1, 1.0, "2", True])
+def test_threads_must_be_a_positive_int_and_nothing_changes_otherwise(threads):
+    torch.set_num_threads(2)
+    with pytest.raises(TypeError, match="THREADS must be a positive int or None"):
+        choose_profile("quick", "cpu", threads=threads)
+    assert torch.get_num_threads() == 2
 
 
 def test_no_profile_means_full_on_a_gpu(hardware):

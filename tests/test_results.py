@@ -53,7 +53,9 @@ def test_record_run_writes_every_field_to_profile_device_chapter_model_json(hist
     record = json.loads(path.read_text())
     assert record["chapter"] == "07_alexnet" and record["model"] == "alexnet"
     assert record["parameters"] == 23
-    assert record["profile"] == "quick" and record["seed"] == 3
+    assert record["input_shape"] is None and record["macs"] is None  # the history saw no batch
+    assert record["depth"] is None and record["overrides"] == {}
+    assert record["profile"] == "quick" and record["seed"] == 3 and record["threads"] is None
     assert record["device"] == "cpu" and record["device_name"] == device_name("cpu")
     assert record["torch"] == torch.__version__
     assert record["code_version"] == code_version() != ""
@@ -65,11 +67,26 @@ def test_record_run_writes_every_field_to_profile_device_chapter_model_json(hist
     assert date.tzinfo is not None and before <= date <= after
 
 
+def test_a_record_counts_the_multiply_accumulates_for_the_trained_input_shape(history, tmp_path):
+    history.input_shape = (4,)
+    profile = Profile("quick", torch.device("cpu"), seed=3, threads=1)
+    path = record_run(history, chapter="07_alexnet", model="alexnet", net=net(), profile=profile,
+                      hparams=HPARAMS, directory=tmp_path)
+    record = json.loads(path.read_text())
+    assert record["input_shape"] == [4] and record["macs"] == 4 * 3 + 3 * 2
+    assert record["depth"] == 2
+    assert record["threads"] == 1
+
+
 def test_records_go_to_d2l_results_dir_by_default(history, results_in_tmp):
     assert results_dir() == results_in_tmp
     path = record_run(history, chapter="06_lenet", model="lenet", net=net(), profile=PROFILE,
                       hparams=HPARAMS)
     assert path == results_in_tmp / "quick" / "cpu" / "06_lenet--lenet.json"
+
+
+def test_the_projects_results_folder_ignores_d2l_results_dir(results_in_tmp):
+    assert d2l_utils.project_results_dir() == PROJECT / "results" != results_dir()
 
 
 def test_without_d2l_results_dir_records_go_to_the_projects_results_folder(monkeypatch, tmp_path):
@@ -162,3 +179,15 @@ def test_code_version_without_git_is_the_package_version(monkeypatch):
     monkeypatch.setattr(d2l_results.subprocess, "run", no_git)
     assert code_version() == d2l_utils.__version__
 
+
+
+def test_variant_names_list_the_overrides_sorted_and_safe_for_file_names():
+    assert d2l_results.variant_name({"LR": 0.1, "BATCH_SIZE": 64}) == "batch_size-64--lr-0.1"
+    assert d2l_results.variant_name({"NAME": "a b/c"}) == "name-a_b_c"
+
+
+@pytest.mark.parametrize("text", ["EPOCHS=3", "[1, 2]"])
+def test_overrides_that_are_not_a_json_object_are_an_error(monkeypatch, text):
+    monkeypatch.setenv("D2L_RUN_OVERRIDES", text)
+    with pytest.raises(ValueError, match="D2L_RUN_OVERRIDES must hold a JSON object"):
+        d2l_results.run_overrides()

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from d2l_utils import count_parameters, layer_summary
+from d2l_utils import count_macs, count_parameters, layer_summary, network_depth
 
 # Parameter counts worked out by hand: a convolution has out*in*k*k weights and
 # out biases, a linear layer out*in weights and out biases.
@@ -90,3 +90,67 @@ def test_count_parameters_can_leave_out_frozen_ones():
     assert count_parameters(net) == LINEAR
     assert count_parameters(net, trainable_only=False) == CONV + LINEAR
     assert count_parameters(nn.ReLU()) == 0
+
+
+# --- count_macs -------------------------------------------------------------------------------
+
+def test_macs_of_a_dense_layer_are_its_weights():
+    assert count_macs(nn.Linear(784, 10), (784,)) == 7840
+
+
+def test_macs_of_a_convolution_count_every_output_value_and_the_groups():
+    # 6 x 28 x 28 outputs, each a 5 x 5 window over 1 channel
+    assert count_macs(nn.Conv2d(1, 6, 5, padding=2), (1, 28, 28)) == 6 * 28 * 28 * 25
+    # stride 2 and 2 groups: 8 x 4 x 4 outputs, each over 4 / 2 channels of a 3 x 3 window
+    assert count_macs(nn.Conv2d(4, 8, 3, stride=2, padding=1, groups=2), (4, 8, 8)) == 8 * 16 * 2 * 9
+
+
+def test_macs_add_up_over_a_network_and_leave_out_pooling_and_activations():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                        nn.Linear(2 * 3 * 3, 5))
+    assert count_macs(net, (1, 8, 8)) == 2 * 6 * 6 * 9 + 18 * 5
+
+
+def test_counting_macs_changes_neither_the_mode_nor_leaves_hooks():
+    net = nn.Sequential(nn.Linear(3, 2), nn.Dropout())
+    net.train()
+    count_macs(net, (3,))
+    assert net.training and not net[0]._forward_hooks
+
+
+# --- network_depth ----------------------------------------------------------------------------
+
+class Residual(nn.Module):
+    def __init__(self, shortcut_conv: bool):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), nn.ReLU(), nn.Conv2d(2, 2, 3, padding=1))
+        self.shortcut = nn.Conv2d(2, 2, 1) if shortcut_conv else nn.Identity()
+
+    def forward(self, X):
+        return torch.relu(self.body(X) + self.shortcut(X))
+
+
+@pytest.mark.parametrize("shortcut_conv", [False, True])
+def test_depth_counts_the_longest_path_so_shortcuts_do_not_shorten_it(shortcut_conv):
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), Residual(shortcut_conv), Residual(shortcut_conv),
+                        nn.Flatten(), nn.LazyLinear(10))
+    assert network_depth(net, (1, 8, 8)) == 1 + 2 + 2 + 1
+
+
+def test_parallel_branches_count_once():
+    class Branches(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(1, 2, 1)
+            self.b = nn.Sequential(nn.Conv2d(1, 2, 1), nn.Conv2d(2, 2, 3, padding=1))
+
+        def forward(self, X):
+            return torch.cat([self.a(X), self.b(X)], dim=1)
+
+    assert network_depth(Branches(), (1, 5, 5)) == 2
+
+
+def test_dense_layers_with_and_without_bias_count_and_pooling_does_not():
+    net = nn.Sequential(nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16, 8), nn.ReLU(),
+                        nn.Linear(8, 4, bias=False))
+    assert network_depth(net, (1, 8, 8)) == 2

@@ -68,6 +68,7 @@ def test_softmax_regression_learns_on_a_small_subset(data_dir, capsys):
     assert printed[1:4] == [History.format_row(s) for s in history.epochs]
     assert printed[4] == history.summary()
     assert printed[4].endswith("after 3 epochs on cpu")
+    assert history.input_shape == (1, 28, 28)  # one example, as the network saw it
 
 
 def test_verbose_false_prints_nothing():
@@ -148,7 +149,7 @@ def test_history_rows_print_every_metric():
     assert row.split() == ["2", "0.5123", "0.812", "0.800", "12.3", "s", "4,862/s"]
     history = History([stats], device="cpu")
     assert str(history).splitlines() == [History.HEADER, row, history.summary()]
-    assert history.to_dict() == {"device": "cpu", "epochs": [vars(stats)]}
+    assert history.to_dict() == {"device": "cpu", "input_shape": None, "epochs": [vars(stats)]}
 
 
 # --- failures and argument checks -------------------------------------------------------------
