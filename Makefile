@@ -1,22 +1,28 @@
 # The two commands of the README: `make book` and `make test`.
 # Each sets up what it needs: a virtual environment with the pinned
-# requirements, this package, and a verified copy of Fashion-MNIST.
+# requirements, this package, and a verified copy of Fashion-MNIST;
+# `make test` also Debian's Chromium, for the test that drives the built book.
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 READY  := $(VENV)/.requirements-installed
 
-.PHONY: book test unit nbval data setup outputs run clean
+.PHONY: book test unit site nbval data browser setup outputs run clean
 
 book: data
 	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going
 
-test: data
+test: data browser
 	$(PY) -m pytest --nbval tests notebooks
 
+# The helper package's tests, without the book.
 unit: data
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --ignore=tests/test_site.py
+
+# The built book in headless Chromium (tests/test_site.py builds it first).
+site: setup browser
+	$(PY) -m pytest tests/test_site.py
 
 nbval: data
 	$(PY) -m pytest --nbval notebooks
@@ -37,6 +43,15 @@ run: data
 
 data: setup
 	$(PY) -m d2l_utils fetch-data
+
+# Debian's Chromium and its driver, installed with apt-get when missing.
+APT := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
+BROWSER_PACKAGES := chromium chromium-driver
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  $(APT) install -y -q $(BROWSER_PACKAGES) || \
+	  { $(APT) update -q && $(APT) install -y -q $(BROWSER_PACKAGES); }; \
+	fi
 
 setup: $(READY)
 
