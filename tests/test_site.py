@@ -10,6 +10,7 @@ and every chapter of `_toc.yml`.
 from __future__ import annotations
 
 import functools
+import json
 import re
 import subprocess
 import sys
@@ -86,6 +87,13 @@ const done = arguments[arguments.length - 1];
     if (node.parentElement.closest("pre, code, script, style, textarea, mjx-container")) continue;
     if (raw.test(node.textContent)) rawMath.push(node.textContent.trim().slice(0, 120));
   }
+  // A Markdown table printed by a cell must arrive as a table, not as lines of pipes.
+  const rawTables = [];
+  const tableWalker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  for (let node = tableWalker.nextNode(); node; node = tableWalker.nextNode()) {
+    if (node.parentElement.closest("pre, code, script, style, textarea")) continue;
+    if (/\|\s*:?-{3,}:?\s*\|/.test(node.textContent)) rawTables.push(node.textContent.trim().slice(0, 120));
+  }
   const maths = [...document.querySelectorAll(".math")];
   const navigation = performance.getEntriesByType("navigation")[0];
   return {
@@ -103,6 +111,8 @@ const done = arguments[arguments.length - 1];
     texErrors: [...document.querySelectorAll("mjx-merror")]
                    .map(el => el.getAttribute("data-mjx-error") || el.textContent),
     rawMath: rawMath,
+    rawTables: rawTables,
+    tables: article ? article.querySelectorAll("table").length : 0,
     mathjaxScripts: [...document.scripts].map(s => s.src).filter(src => /mathjax/i.test(src)),
     mathjaxFontsLoaded: [...document.fonts]
                    .filter(f => f.family.replace(/"/g, "").startsWith("MJX") && f.status === "loaded").length,
@@ -232,6 +242,25 @@ def test_every_figure_image_loads(visit, site_url, page):
     report = visit(page_url(site_url, page))
     broken = [image["src"] for image in report["images"] if not (image["complete"] and image["width"] > 0)]
     assert not broken, f"{page}: images that did not load: {broken}"
+
+
+def printed_markdown_tables(chapter: str) -> int:
+    """How many Markdown tables the stored outputs of a chapter's notebook print."""
+    path = ROOT / f"{chapter}.ipynb"
+    if not path.is_file():
+        return 0
+    cells = json.loads(path.read_text())["cells"]
+    outputs = [output.get("data", {}).get("text/markdown", "") for cell in cells
+               for output in cell.get("outputs", [])]
+    return sum(bool(re.search(r"^\|\s*:?-{3,}", "".join(text), re.MULTILINE)) for text in outputs)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_printed_markdown_tables_are_rendered_as_tables(visit, site_url, page):
+    report = visit(page_url(site_url, page))
+    assert not report["rawTables"], f"{page}: Markdown tables shown as text: {report['rawTables'][:3]}"
+    assert report["tables"] >= printed_markdown_tables(page), \
+        f"{page}: {printed_markdown_tables(page)} tables printed by cells, {report['tables']} on the page"
 
 
 def test_every_notebook_chapter_shows_a_figure(visit, site_url):
