@@ -13,8 +13,11 @@ READY  := $(VENV)/.requirements-installed
 book: data
 	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going
 
+# Two pytest workers, one file each at a time: a quick notebook runs PyTorch on
+# one thread, so two of them keep both cores of a 2-core machine busy.
+WORKERS ?= 2
 test: data browser
-	$(PY) -m pytest --nbval tests notebooks
+	$(PY) -m pytest --nbval -n $(WORKERS) --dist loadfile tests notebooks
 
 # The helper package's tests, without the book.
 unit: data
@@ -25,7 +28,7 @@ site: setup browser
 	$(PY) -m pytest tests/test_site.py
 
 nbval: data
-	$(PY) -m pytest --nbval notebooks
+	$(PY) -m pytest --nbval -n $(WORKERS) --dist loadfile notebooks
 
 # Re-run notebooks (quick profile, CPU) and store their outputs:
 #   make outputs NOTEBOOKS=notebooks/06_lenet.ipynb
