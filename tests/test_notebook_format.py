@@ -107,3 +107,15 @@ def test_exactly_one_parameters_cell_sets_profile_device_and_threads(notebook):
 def test_notebook_asks_for_a_gpu_runtime(notebook):
     assert notebook.metadata.get("accelerator") == "GPU", \
         f"notebook metadata accelerator is {notebook.metadata.get('accelerator')!r}, not 'GPU'"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
+def test_papermill_sees_every_name_the_parameters_cell_sets(path):
+    """The runner accepts `-p NAME` only for names papermill can read from the parameters cell."""
+    from papermill import inspect_notebook
+
+    [cell] = [cell for cell in nbformat.read(path, as_version=4).cells if "parameters" in tags(cell)]
+    assigned = [target.id for node in ast.parse(cell.source).body if isinstance(node, ast.Assign)
+                for target in node.targets if isinstance(target, ast.Name)]
+    seen = list(inspect_notebook(str(path)))
+    assert seen == assigned, f"papermill reads {seen} from a cell that sets {assigned}"
