@@ -45,10 +45,10 @@ def test_the_full_recipe_runs_at_the_classic_input_size(notebook, tmp_path, monk
     assert notebook.read_bytes() == before, f"{notebook.name} was written by a run"
 
     executed = json.loads(outcome.output.read_text())
-    first_output = next(
-        "".join(output.get("text", "")) for cell in executed["cells"] if cell["cell_type"] == "code"
-        for output in cell.get("outputs", []) if "profile" in "".join(output.get("text", "")))
-    assert first_output.startswith("profile 'full' on cpu"), first_output[:200]
+    printed = ["".join(output.get("text", "")) for cell in executed["cells"]
+               for output in cell.get("outputs", [])]
+    profile_line = next(text for text in printed if "profile" in text)
+    assert profile_line.startswith("profile 'full' on cpu"), profile_line[:200]
 
     records = load_runs(tmp_path / "results")
     trains = "EPOCHS" in parameters  # chapters 2 to 5 train nothing worth a record

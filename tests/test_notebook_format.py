@@ -55,6 +55,12 @@ def tags(cell) -> set[str]:
     return set(cell.get("metadata", {}).get("tags", []))
 
 
+def assigned_names(source: str) -> list[str]:
+    """The names a cell assigns at its top level, in order: what papermill takes as parameters."""
+    return [target.id for node in ast.parse(source).body if isinstance(node, ast.Assign)
+            for target in node.targets if isinstance(target, ast.Name)]
+
+
 @pytest.fixture(params=NOTEBOOKS, ids=lambda path: path.stem)
 def notebook(request) -> nbformat.NotebookNode:
     return nbformat.read(request.param, as_version=4)
@@ -99,8 +105,7 @@ def test_exactly_one_parameters_cell_sets_profile_device_and_threads(notebook):
     cells = [cell for cell in notebook.cells if "parameters" in tags(cell)]
     assert len(cells) == 1, f"{len(cells)} cells are tagged parameters"
     assert cells[0].cell_type == "code", "the parameters cell is not a code cell"
-    assigned = {target.id for node in ast.walk(ast.parse(cells[0].source)) if isinstance(node, ast.Assign)
-                for target in node.targets if isinstance(target, ast.Name)}
+    assigned = set(assigned_names(cells[0].source))
     assert PARAMETERS <= assigned, f"the parameters cell does not set {sorted(PARAMETERS - assigned)}"
 
 
@@ -115,7 +120,6 @@ def test_papermill_sees_every_name_the_parameters_cell_sets(path):
     from papermill import inspect_notebook
 
     [cell] = [cell for cell in nbformat.read(path, as_version=4).cells if "parameters" in tags(cell)]
-    assigned = [target.id for node in ast.parse(cell.source).body if isinstance(node, ast.Assign)
-                for target in node.targets if isinstance(target, ast.Name)]
+    assigned = assigned_names(cell.source)
     seen = list(inspect_notebook(str(path)))
     assert seen == assigned, f"papermill reads {seen} from a cell that sets {assigned}"

@@ -81,18 +81,16 @@ const done = arguments[arguments.length - 1];
   await document.fonts.ready;
 
   const raw = /\\\(|\\\)|\\\[|\\\]|\$\$|\$[^$\s]([^$]*[^$\s])?\$/;
+  // Nor may a Markdown table printed by a cell arrive as lines of pipes.
+  const rawTable = /\|\s*:?-{3,}:?\s*\|/;
   const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
-  const rawMath = [];
+  const rawMath = [], rawTables = [];
   for (let node = walker.nextNode(); node; node = walker.nextNode()) {
-    if (node.parentElement.closest("pre, code, script, style, textarea, mjx-container")) continue;
-    if (raw.test(node.textContent)) rawMath.push(node.textContent.trim().slice(0, 120));
-  }
-  // A Markdown table printed by a cell must arrive as a table, not as lines of pipes.
-  const rawTables = [];
-  const tableWalker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
-  for (let node = tableWalker.nextNode(); node; node = tableWalker.nextNode()) {
     if (node.parentElement.closest("pre, code, script, style, textarea")) continue;
-    if (/\|\s*:?-{3,}:?\s*\|/.test(node.textContent)) rawTables.push(node.textContent.trim().slice(0, 120));
+    const text = node.textContent.trim().slice(0, 120);
+    if (rawTable.test(node.textContent)) rawTables.push(text);
+    if (node.parentElement.closest("mjx-container")) continue;
+    if (raw.test(node.textContent)) rawMath.push(text);
   }
   const maths = [...document.querySelectorAll(".math")];
   const navigation = performance.getEntriesByType("navigation")[0];
