@@ -2,8 +2,9 @@
 
 A notebook's ``parameters`` cell holds plain values (papermill can override
 them); ``choose_profile`` turns them into one small ``Profile`` that the rest
-of the notebook reads. Nothing here is hidden global state: the one
-environment variable consulted, ``D2L_DEVICE``, only fills in ``DEVICE="auto"``.
+of the notebook reads. Nothing here is hidden global state: the two
+environment variables consulted only fill in defaults, ``D2L_DEVICE`` for
+``DEVICE="auto"`` and ``D2L_THREADS`` for ``THREADS=None``.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from typing import Any
 
 import torch
 
-__all__ = ["PROFILES", "DEVICES", "Profile", "choose_device", "choose_profile",
+__all__ = ["PROFILES", "DEVICES", "THREADS_ENV", "Profile", "choose_device", "choose_profile",
            "device_name", "seed_everything"]
 
 PROFILES = ("quick", "full")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+THREADS_ENV = "D2L_THREADS"
 
 
 def _mps_available() -> bool:
@@ -114,8 +116,9 @@ class Profile:
         return value
 
     def __str__(self) -> str:
-        threads = "" if self.threads is None else f", {self.threads} thread" + "s" * (self.threads != 1)
-        return f"profile {self.name!r} on {self.device.type} (seed {self.seed}{threads})"
+        # The thread count is left out: it changes the last digits of a training log, not
+        # what the run is, and a page's stored output must not depend on it (see THREADS_ENV).
+        return f"profile {self.name!r} on {self.device.type} (seed {self.seed})"
 
 
 def choose_profile(profile: str | None = None, device: str = "auto", seed: int = 0,
@@ -124,12 +127,13 @@ def choose_profile(profile: str | None = None, device: str = "auto", seed: int =
 
     ``profile=None`` means ``full`` on a GPU and ``quick`` otherwise.
 
-    ``threads`` sets PyTorch's CPU threads. ``None`` means one thread for the
-    quick profile on a CPU and PyTorch's default otherwise: a sum split over
-    a different number of threads is rounded differently, and a deep network
-    amplifies those last-digit differences into visibly different accuracies
-    within a few hundred steps. With one thread, the quick run gives the same
-    numbers on any machine with the same PyTorch build.
+    ``threads`` sets PyTorch's CPU threads. ``None`` takes the environment
+    variable ``D2L_THREADS`` if it is set, else one thread for the quick profile
+    on a CPU and PyTorch's default otherwise. One thread makes a quick run
+    independent of the machine's core count (a sum split over another number
+    of threads is rounded differently, and deep networks amplify that), but not
+    bit-identical across processors: PyTorch picks its kernels by instruction
+    set, so training numbers are compared within measured tolerances.
     """
     if profile is not None and (not isinstance(profile, str) or profile not in PROFILES):
         raise ValueError(f"PROFILE must be one of {', '.join(map(repr, PROFILES))} or None "
@@ -139,6 +143,12 @@ def choose_profile(profile: str | None = None, device: str = "auto", seed: int =
     if threads is not None and (type(threads) is not int or threads < 1):
         raise TypeError(f"THREADS must be a positive int or None (one thread for quick on a "
                         f"CPU, else PyTorch's default); got {type(threads).__name__} {threads!r}")
+    if threads is None and os.environ.get(THREADS_ENV):
+        text = os.environ[THREADS_ENV]
+        if not text.isdigit() or int(text) < 1:
+            raise ValueError(f"{THREADS_ENV} must be a positive integer (CPU threads); got {text!r}. "
+                             f"Unset it to use the profile's choice.")
+        threads = int(text)
     chosen = choose_device(device)
     if profile is None:
         profile = "quick" if chosen.type == "cpu" else "full"

@@ -123,7 +123,7 @@ def test_seed_must_be_an_int(seed):
 def test_no_profile_means_quick_on_the_cpu():
     profile = choose_profile(None, "auto", seed=4)
     assert profile == Profile("quick", CPU, 4, threads=1)
-    assert str(profile) == "profile 'quick' on cpu (seed 4, 1 thread)"
+    assert str(profile) == "profile 'quick' on cpu (seed 4)"
 
 
 # --- threads ----------------------------------------------------------------------------------
@@ -148,11 +148,28 @@ def test_quick_on_a_gpu_keeps_pytorchs_threads(hardware):
     assert profile.threads is None and torch.get_num_threads() == 2
 
 
-def test_threads_asked_for_are_set_and_shown():
+def test_threads_asked_for_are_set_but_not_printed():
+    """A stored output must not change with the thread count an instructor runs it on."""
     torch.set_num_threads(1)
     profile = choose_profile("quick", "cpu", threads=2)
     assert profile.threads == 2 and torch.get_num_threads() == 2
-    assert str(profile) == "profile 'quick' on cpu (seed 0, 2 threads)"
+    assert str(profile) == "profile 'quick' on cpu (seed 0)"
+
+
+def test_the_environment_sets_the_threads_of_a_notebook_that_leaves_them_to_the_profile(monkeypatch):
+    monkeypatch.setenv("D2L_THREADS", "2")
+    torch.set_num_threads(1)
+    assert choose_profile("quick", "cpu").threads == 2 and torch.get_num_threads() == 2
+    assert choose_profile("quick", "cpu", threads=1).threads == 1  # the notebook's own value wins
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "two", "1.5"])
+def test_a_bad_thread_count_in_the_environment_is_refused_with_its_name(monkeypatch, text):
+    monkeypatch.setenv("D2L_THREADS", text)
+    torch.set_num_threads(2)
+    with pytest.raises(ValueError, match="D2L_THREADS must be a positive integer"):
+        choose_profile("quick", "cpu")
+    assert torch.get_num_threads() == 2
 
 
 @pytest.mark.parametrize("threads", [0, -1, 1.0, "2", True])
