@@ -1,24 +1,28 @@
 """Infrastructure shared by the chapters: data, training, profiles, figures, run records."""
 
-from .data import (CLASS_NAMES, Batches, CorruptDataError, DataNotFoundError, FashionMNIST,
-                   fetch_fashion_mnist, find_fashion_mnist, load_fashion_mnist, read_fashion_mnist)
+from .data import (CLASS_NAMES, PIXEL_MEAN, PIXEL_STD, Batches, CorruptDataError, DataNotFoundError,
+                   FashionMNIST, Splits, fetch_fashion_mnist, find_fashion_mnist, load_fashion_mnist,
+                   load_splits, read_fashion_mnist)
 from .plot import plot_history, show_images
 from .profile import DEVICES, PROFILES, Profile, choose_device, choose_profile, device_name, seed_everything
+from .recipe import Augment, Recipe, augment_batch, fit, weight_decay_groups
 from .results import code_version, load_runs, project_results_dir, record_run, results_dir
 from .summary import count_macs, count_parameters, layer_summary, network_depth
-from .train import (EpochStats, History, Timer, accuracy, evaluate_accuracy, evaluate_loss,
+from .train import (EpochStats, History, Timer, accuracy, evaluate_accuracy, evaluate_loss, predict,
                     train_classifier)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CLASS_NAMES", "Batches", "CorruptDataError", "DataNotFoundError", "FashionMNIST",
-    "fetch_fashion_mnist", "find_fashion_mnist", "load_fashion_mnist", "read_fashion_mnist",
+    "CLASS_NAMES", "PIXEL_MEAN", "PIXEL_STD", "Batches", "CorruptDataError", "DataNotFoundError",
+    "FashionMNIST", "Splits", "fetch_fashion_mnist", "find_fashion_mnist", "load_fashion_mnist",
+    "load_splits", "read_fashion_mnist",
+    "Augment", "Recipe", "augment_batch", "fit", "weight_decay_groups",
     "plot_history", "show_images",
     "DEVICES", "PROFILES", "Profile", "choose_device", "choose_profile", "device_name",
     "seed_everything",
     "code_version", "load_runs", "project_results_dir", "record_run", "results_dir",
     "count_macs", "count_parameters", "layer_summary", "network_depth",
-    "EpochStats", "History", "Timer", "accuracy", "evaluate_accuracy", "evaluate_loss",
+    "EpochStats", "History", "Timer", "accuracy", "evaluate_accuracy", "evaluate_loss", "predict",
     "train_classifier",
 ]

@@ -31,11 +31,19 @@ __all__ = [
     "find_fashion_mnist",
     "read_fashion_mnist",
     "load_fashion_mnist",
+    "load_splits",
+    "Splits",
     "fetch_fashion_mnist",
+    "PIXEL_MEAN",
+    "PIXEL_STD",
 ]
 
 CLASS_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat",
                "sandal", "shirt", "sneaker", "bag", "ankle boot")
+
+# Mean and standard deviation of the 60,000 training images' pixels, scaled to [0, 1]
+# (chapter 1 computes them; tests/test_data.py checks them against the data).
+PIXEL_MEAN, PIXEL_STD = 0.2860, 0.3530
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 ENV_DIR = "FASHION_MNIST_DIR"
@@ -192,18 +200,21 @@ class Batches:
     """Mini-batches of (images, labels) drawn from tensors that already sit on the device.
 
     Images come out as float32 in [0, 1] with shape (B, 1, H, W), the same
-    values torchvision's ``ToTensor`` gives. ``shuffle`` draws a new order every
+    values torchvision's ``ToTensor`` gives, or standardised as ``(x - mean) / std``
+    when ``normalize=(mean, std)``. ``shuffle`` draws a new order every
     epoch from a generator seeded once, so a rerun sees the same batches.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *,
-                 shuffle: bool = False, resize: int | None = None, seed: int = 0) -> None:
+                 shuffle: bool = False, resize: int | None = None, seed: int = 0,
+                 normalize: tuple[float, float] | None = None) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if resize is not None and (not isinstance(resize, int) or resize < 1):
             raise ValueError(f"resize must be None or a positive int, got {resize!r}")
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.resize = batch_size, shuffle, resize
+        self.normalize = normalize
         self.generator = torch.Generator().manual_seed(seed)
         self._matrices: dict = {}
         self._buffers: list[torch.Tensor] = []
@@ -216,6 +227,13 @@ class Batches:
         return len(self.labels)
 
     def _transform(self, images: torch.Tensor) -> torch.Tensor:
+        X = self._scaled(images)
+        if self.normalize is not None:
+            mean, std = self.normalize
+            X = (X - mean) / std
+        return X
+
+    def _scaled(self, images: torch.Tensor) -> torch.Tensor:
         side = images.shape[-1]
         if self.resize is None or self.resize == side:
             return images.unsqueeze(1).float().div_(255)
@@ -289,6 +307,65 @@ def load_fashion_mnist(batch_size: int, resize: int | None = None, *,
     test = [t.to(device) for t in test]
     return (Batches(*train, batch_size, shuffle=True, resize=resize, seed=seed),
             Batches(*test, batch_size, shuffle=False, resize=resize))
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Training, validation and test batches, with what a recipe needs to know about them."""
+    train: Batches
+    val: Batches
+    test: Batches
+    device: torch.device
+    background: float  # the value a black pixel has after the transform (for padding)
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {"train": self.train.num_examples, "val": self.val.num_examples,
+                "test": self.test.num_examples}
+
+
+def _validation_split(labels: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (sorted) of a class-balanced validation set of ``size`` images, and of the rest.
+
+    The split is fixed (its own generator, seed 0): every run, whatever its seed,
+    holds out the same images.
+    """
+    classes = int(labels.max()) + 1
+    if size % classes:
+        raise ValueError(f"validation must be a multiple of {classes} (the same number per class); got {size}")
+    generator = torch.Generator().manual_seed(0)
+    held = [torch.nonzero(labels == k).flatten()[torch.randperm(int((labels == k).sum()), generator=generator)
+                                                 [:size // classes]] for k in range(classes)]
+    val = torch.cat(held).sort().values
+    rest = torch.ones(len(labels), dtype=torch.bool)
+    rest[val] = False
+    return val, torch.nonzero(rest).flatten()
+
+
+def load_splits(batch_size: int, resize: int | None = None, *, device: torch.device | str = "cpu",
+                validation: int = 5000, standardize: bool = True, seed: int = 0,
+                train_size: int | None = None, root: str | os.PathLike | None = None) -> Splits:
+    """Fashion-MNIST as the recipe uses it: training batches (shuffled), a fixed
+    class-balanced validation set held out of the training images, and all 10,000
+    test images; standardised with the training pixels' mean and std.
+
+    ``train_size`` takes a random subset of the remaining training images (for tests).
+    """
+    if type(validation) is not int or validation < 10:
+        raise ValueError(f"validation must be an int of at least 10 images; got {validation!r}")
+    data = read_fashion_mnist(root)
+    val_index, train_index = _validation_split(data.train_labels, validation)
+    train = _subset(data.train_images[train_index], data.train_labels[train_index], train_size, seed)
+    device = torch.device(device)
+    normalize = (PIXEL_MEAN, PIXEL_STD) if standardize else None
+    background = -PIXEL_MEAN / PIXEL_STD if standardize else 0.0
+
+    def batches(images, labels, **kwargs):
+        return Batches(images.to(device), labels.to(device), batch_size, resize=resize,
+                       normalize=normalize, **kwargs)
+    return Splits(batches(*train, shuffle=True, seed=seed),
+                  batches(data.train_images[val_index], data.train_labels[val_index]),
+                  batches(data.test_images, data.test_labels), device, background)
 
 
 def _install_with_apt() -> bool:

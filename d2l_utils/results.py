@@ -104,7 +104,8 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 def record_run(history: History, *, chapter: str, model: str, net: nn.Module, profile: Profile,
-               hparams: dict[str, Any], directory: str | os.PathLike | None = None) -> Path:
+               hparams: dict[str, Any], directory: str | os.PathLike | None = None,
+               sizes: dict[str, int] | None = None) -> Path:
     """Write ``<results>/<profile>/<device>/<chapter>--<model>.json`` and return its path.
 
     ``hparams`` holds the settings that shaped the run (epochs, batch size,
@@ -112,6 +113,11 @@ def record_run(history: History, *, chapter: str, model: str, net: nn.Module, pr
     A run that the runner started with parameter overrides is a variant: its
     file name ends in them (``...--lenet--batch_size-64.json``) and the record
     lists them under ``overrides``.
+
+    ``sizes`` gives the training, validation and test set sizes (``Splits.sizes``);
+    a run validated every epoch also records its test accuracy, scored once after
+    training, and the predicted class of every test image as one string of
+    digits (``test_predictions``), so that two models can be compared image by image.
     """
     if not history.epochs:
         raise ValueError("the history is empty: train before recording the run")
@@ -122,6 +128,7 @@ def record_run(history: History, *, chapter: str, model: str, net: nn.Module, pr
         "chapter": chapter,
         "model": model,
         "parameters": count_parameters(net),
+        "parameters_total": count_parameters(net, trainable_only=False),
         "input_shape": list(shape) if shape else None,
         "macs": count_macs(net, shape) if shape else None,
         "depth": network_depth(net, shape) if shape else None,
@@ -139,6 +146,14 @@ def record_run(history: History, *, chapter: str, model: str, net: nn.Module, pr
         "final": epochs[-1],
         "wall_time": history.wall_time,
     }
+    if sizes is not None:
+        record["sizes"] = dict(sizes)
+    if history.test_acc is not None:
+        record["test_acc"] = history.test_acc
+    if history.predictions is not None:
+        if int(history.predictions.max()) > 9:
+            raise ValueError("test_predictions are stored one digit a class: at most 10 classes")
+        record["test_predictions"] = "".join(map(str, history.predictions.tolist()))
     try:
         text = json.dumps(record, indent=1, allow_nan=False) + "\n"
     except (TypeError, ValueError) as err:

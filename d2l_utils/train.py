@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 __all__ = ["Timer", "EpochStats", "History", "accuracy", "evaluate_accuracy",
-           "evaluate_loss", "train_classifier"]
+           "evaluate_loss", "predict", "train_classifier"]
 
 
 def _synchronize(device: torch.device) -> None:
@@ -64,9 +64,19 @@ def _device_of(net: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def evaluate_accuracy(net: nn.Module, data_iter: Iterable, device: torch.device | None = None) -> float:
-    """Accuracy of ``net`` over ``data_iter``, in evaluation mode and without gradients."""
-    return _evaluate(net, data_iter, device)[1]
+def evaluate_accuracy(net: nn.Module, data_iter: Iterable, device: torch.device | None = None,
+                      flip: bool = False) -> float:
+    """Accuracy of ``net`` over ``data_iter``, in evaluation mode and without gradients.
+
+    ``flip`` averages the logits of each image and its mirror image (test-time augmentation).
+    """
+    return _evaluate(net, data_iter, device, flip=flip)[1]
+
+
+def predict(net: nn.Module, data_iter: Iterable, device: torch.device | None = None,
+            flip: bool = False) -> torch.Tensor:
+    """The predicted class of every example of ``data_iter``, in order, as int64 on the CPU."""
+    return _evaluate(net, data_iter, device, flip=flip, keep_predictions=True)[2]
 
 
 def evaluate_loss(net: nn.Module, data_iter: Iterable, loss_fn: Callable | None = None,
@@ -75,38 +85,53 @@ def evaluate_loss(net: nn.Module, data_iter: Iterable, loss_fn: Callable | None 
     return _evaluate(net, data_iter, device, loss_fn or nn.CrossEntropyLoss())[0]
 
 
-def _evaluate(net, data_iter, device=None, loss_fn=None):
+def _evaluate(net, data_iter, device=None, loss_fn=None, flip=False, keep_predictions=False):
     device = device or _device_of(net)
     was_training = net.training
     net.eval()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
+    predictions, labels = [], []
     n = 0
     try:
         with torch.no_grad():
             for X, y in data_iter:
                 X, y = X.to(device), y.to(device)
                 logits = net(X)
+                if flip:
+                    logits = (logits + net(X.flip(-1))) / 2
                 if loss_fn is not None:
                     loss_sum += loss_fn(logits, y) * len(y)
                 correct += accuracy(logits, y)
+                if keep_predictions:
+                    predictions.append(logits.argmax(dim=1))
+                    labels.append(y)
                 n += len(y)
     finally:  # an interrupted evaluation must not leave the net in evaluation mode
         net.train(was_training)
     if n == 0:
         raise ValueError("evaluation data is empty")
-    return loss_sum.item() / n, correct.item() / n
+    if keep_predictions:
+        return loss_sum.item() / n, correct.item() / n, torch.cat(predictions).cpu(), torch.cat(labels).cpu()
+    return loss_sum.item() / n, correct.item() / n, None, None
 
 
 @dataclass
 class EpochStats:
-    """What one epoch measured. Loss is the mean per example."""
+    """What one epoch measured. Loss is the mean per example.
+
+    ``train_loss`` and ``train_acc`` are running means over the epoch's batches, in
+    training mode (augmented images, dropout on, weights changing as they go).
+    With a validation set ``val_acc`` is measured every epoch and ``test_acc``
+    is None: the test set is scored once, after training (``History.test_acc``).
+    """
     epoch: int
     train_loss: float
     train_acc: float
-    test_acc: float
+    test_acc: float | None
     seconds: float
     examples_per_sec: float
+    val_acc: float | None = None
 
 
 @dataclass
@@ -115,14 +140,27 @@ class History:
     epochs: list[EpochStats] = field(default_factory=list)
     device: str = "cpu"
     input_shape: tuple[int, ...] | None = None  # of one example, e.g. (1, 28, 28)
+    test_acc: float | None = None  # scored once after training, when epochs were validated
+    predictions: torch.Tensor | None = None  # of every test image, in order, with test_acc
 
     HEADER = "epoch  train loss  train acc  test acc       time   examples/s"
+    VAL_HEADER = "epoch  train loss  train acc   val acc       time   examples/s"
 
     @staticmethod
     def format_row(s: EpochStats) -> str:
         # The timing columns stand apart so one sanitizer pattern covers them.
-        return (f"{s.epoch:5d}  {s.train_loss:10.4f}  {s.train_acc:9.3f}  {s.test_acc:8.3f}"
+        held_out = s.val_acc if s.val_acc is not None else s.test_acc
+        return (f"{s.epoch:5d}  {s.train_loss:10.4f}  {s.train_acc:9.3f}  {held_out:8.3f}"
                 f"  {s.seconds:7.1f} s  {s.examples_per_sec:9,.0f}/s")
+
+    @property
+    def validated(self) -> bool:
+        """Whether the epochs were measured on a validation set (the test set kept for the end)."""
+        return bool(self.epochs) and self.epochs[0].val_acc is not None
+
+    @property
+    def header(self) -> str:
+        return self.VAL_HEADER if self.validated else self.HEADER
 
     def __getitem__(self, key: str) -> list[float]:
         return [getattr(s, key) for s in self.epochs]
@@ -137,15 +175,22 @@ class History:
 
     def summary(self) -> str:
         f = self.final
+        if self.validated:
+            test = "" if self.test_acc is None else f", test acc {self.test_acc:.3f}"
+            return (f"train loss {f.train_loss:.4f}, train acc {f.train_acc:.3f}, "
+                    f"val acc {f.val_acc:.3f}{test} after {f.epoch} epochs on {self.device}")
         return (f"train loss {f.train_loss:.4f}, train acc {f.train_acc:.3f}, "
                 f"test acc {f.test_acc:.3f} after {f.epoch} epochs on {self.device}")
 
     def __str__(self) -> str:
-        return "\n".join([self.HEADER, *map(self.format_row, self.epochs), self.summary()])
+        return "\n".join([self.header, *map(self.format_row, self.epochs), self.summary()])
 
     def to_dict(self) -> dict:
-        return {"device": self.device, "input_shape": self.input_shape,
-                "epochs": [asdict(s) for s in self.epochs]}
+        epochs = [asdict(s) for s in self.epochs]
+        if not self.validated:  # the records of runs without a validation set keep their old form
+            for e in epochs:
+                e.pop("val_acc")
+        return {"device": self.device, "input_shape": self.input_shape, "epochs": epochs}
 
     def plot(self, ax=None, title: str | None = None):
         """Loss and accuracies against the epoch on one axis; returns the axis."""
@@ -163,23 +208,33 @@ def _progress(iterable, total: int, enabled: bool | None, desc: str):
     return tqdm(iterable, total=total, desc=desc, leave=False)
 
 
-def train_classifier(net: nn.Module, train_iter, test_iter, *, epochs: int,
+def train_classifier(net: nn.Module, train_iter, test_iter=None, *, epochs: int,
                      optimizer: torch.optim.Optimizer, loss_fn: Callable | None = None,
                      device: torch.device | str | None = None, verbose: bool = True,
-                     progress: bool | None = None) -> History:
-    """Train ``net`` for ``epochs`` epochs and evaluate it on ``test_iter`` after each.
+                     progress: bool | None = None, val_iter=None, scheduler=None,
+                     augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                     flip_test: bool = False) -> History:
+    """Train ``net`` for ``epochs`` epochs, evaluating it after each.
+
+    Without ``val_iter`` each epoch is scored on ``test_iter``. With it, each
+    epoch is scored on the validation set and ``test_iter`` (if given) once at
+    the end, with every test prediction kept (``flip_test`` averages each test
+    image with its mirror image). ``scheduler`` is stepped after every batch;
+    ``augment`` transforms each training batch on the device.
 
     Prints one line per epoch (when ``verbose``). Loss and accuracy sums stay on
     the device until the epoch ends, so a GPU is never stalled batch by batch.
     """
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
         raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    if test_iter is None and val_iter is None:
+        raise ValueError("give test_iter, val_iter or both: something must score the epochs")
     device = torch.device(device) if device is not None else _device_of(net)
     net.to(device)
     loss_fn = loss_fn or nn.CrossEntropyLoss()
     history = History(device=device.type)
     if verbose:
-        print(History.HEADER)
+        print(History.VAL_HEADER if val_iter is not None else History.HEADER)
     for epoch in range(1, epochs + 1):
         net.train()
         loss_sum = torch.zeros((), device=device)
@@ -191,11 +246,15 @@ def train_classifier(net: nn.Module, train_iter, test_iter, *, epochs: int,
             X, y = X.to(device), y.to(device)
             if history.input_shape is None:
                 history.input_shape = tuple(X.shape[1:])
+            if augment is not None:
+                X = augment(X)
             logits = net(X)
             loss = loss_fn(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             with torch.no_grad():
                 loss_sum += loss.detach() * len(y)
                 correct += accuracy(logits, y)
@@ -205,11 +264,18 @@ def train_classifier(net: nn.Module, train_iter, test_iter, *, epochs: int,
         if not torch.isfinite(loss_sum):
             raise FloatingPointError(f"the training loss became {loss_sum.item()} in epoch {epoch}: "
                                      "lower the learning rate or check the model's initialisation")
-        stats = EpochStats(epoch, loss_sum.item() / n, correct.item() / n,
-                           evaluate_accuracy(net, test_iter, device), seconds, n / seconds)
+        if val_iter is not None:
+            stats = EpochStats(epoch, loss_sum.item() / n, correct.item() / n, None, seconds,
+                               n / seconds, val_acc=evaluate_accuracy(net, val_iter, device))
+        else:
+            stats = EpochStats(epoch, loss_sum.item() / n, correct.item() / n,
+                               evaluate_accuracy(net, test_iter, device), seconds, n / seconds)
         history.epochs.append(stats)
         if verbose:
             print(History.format_row(stats), flush=True)
+    if val_iter is not None and test_iter is not None:
+        _, history.test_acc, history.predictions, _ = _evaluate(net, test_iter, device, flip=flip_test,
+                                                                keep_predictions=True)
     if verbose:
         print(history.summary())
     return history

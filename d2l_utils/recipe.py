@@ -1,0 +1,169 @@
+"""The course's training recipe: one modern way to train every network, explained once.
+
+Its ingredients, each a small piece a chapter can switch off to see what it buys:
+
+- inputs standardised with the training set's pixel mean and standard deviation;
+- augmentation on the device, one batched and seeded operation per batch: a random
+  translation by up to ``translate`` pixels (the border filled with background) and a
+  horizontal flip of half the images;
+- label smoothing: the target puts ``1 - label_smoothing`` on the true class and
+  spreads the rest evenly over all classes;
+- SGD with Nesterov momentum (or AdamW), with weight decay on the weights of
+  convolutions and dense layers only, not on biases or normalisation parameters;
+- a learning rate changed after every batch: one-cycle (a warm-up to ``lr``, then a
+  cosine decay to almost zero), warm-up then cosine, or constant;
+- optionally, test-time augmentation: each test image scored with its mirror image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["Recipe", "Augment", "augment_batch", "weight_decay_groups", "fit"]
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("one-cycle", "cosine", "constant")
+
+
+def augment_batch(X: torch.Tensor, generator: torch.Generator, *, translate: int = 2,
+                  flip: bool = True, fill: float = 0.0) -> torch.Tensor:
+    """Each image of ``X`` (N, C, H, W) shifted by its own random offset and mirrored at random.
+
+    Offsets are drawn uniformly from ``-translate..translate`` in each direction;
+    what is shifted in is ``fill``. One gather over the whole batch, no Python loop.
+    """
+    n, c, h, w = X.shape
+    if translate:
+        t = translate
+        padded = nn.functional.pad(X, (t, t, t, t), value=fill)
+        dy, dx = torch.randint(0, 2 * t + 1, (2, n, 1), generator=generator, device=X.device)
+        rows = (dy + torch.arange(h, device=X.device))[:, None, :, None]  # (N, 1, H, 1)
+        cols = (dx + torch.arange(w, device=X.device))[:, None, None, :]  # (N, 1, 1, W)
+        batch = torch.arange(n, device=X.device)[:, None, None, None]
+        channel = torch.arange(c, device=X.device)[None, :, None, None]
+        X = padded[batch, channel, rows, cols]
+    if flip:
+        mirrored = torch.rand(n, generator=generator, device=X.device) < 0.5
+        X = torch.where(mirrored[:, None, None, None], X.flip(-1), X)
+    return X
+
+
+class Augment:
+    """``augment_batch`` with its own generator, seeded once: a rerun draws the same shifts."""
+
+    def __init__(self, seed: int, device: torch.device | str, *, translate: int = 2,
+                 flip: bool = True, fill: float = 0.0) -> None:
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.translate, self.flip, self.fill = translate, flip, fill
+
+    def __call__(self, X: torch.Tensor) -> torch.Tensor:
+        return augment_batch(X, self.generator, translate=self.translate, flip=self.flip, fill=self.fill)
+
+
+def weight_decay_groups(net: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two parameter groups: weights of convolutions and dense layers decay, the rest does not.
+
+    Biases and the scale and shift of normalisation layers are one number per
+    channel; pulling them towards zero only fights the normalisation.
+    """
+    decay, plain = [], []
+    for module in net.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            is_weight = name == "weight" and isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
+            (decay if is_weight else plain).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The settings of one training run under the course's recipe."""
+    epochs: int
+    batch_size: int = 128
+    optimizer: str = "sgd"        # "sgd" (with Nesterov momentum) or "adamw"
+    lr: float = 0.1               # the peak learning rate
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    schedule: str = "one-cycle"   # "one-cycle", "cosine" (linear warm-up, cosine decay) or "constant"
+    warmup: float = 0.25          # fraction of the steps spent warming up
+    translate: int = 2            # pixels; 0 switches translation off
+    flip: bool = True
+    flip_test: bool = False       # test-time augmentation with mirror images
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "translate"):
+            value = getattr(self, name)
+            if type(value) is not int or value < (0 if name == "translate" else 1):
+                raise ValueError(f"{name} must be a {'non-negative' if name == 'translate' else 'positive'} "
+                                 f"int; got {value!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}")
+        if not 0 <= self.label_smoothing < 1 or not 0 <= self.warmup < 1:
+            raise ValueError("label_smoothing and warmup must lie in [0, 1)")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise ValueError("lr must be positive and weight_decay non-negative")
+
+    def settings(self) -> dict[str, Any]:
+        """The settings as plain JSON values, for a run record."""
+        return asdict(self)
+
+    def table(self) -> str:
+        """The settings as a two-column Markdown table."""
+        rows = [f"| {name.replace('_', ' ')} | {value} |" for name, value in self.settings().items()]
+        return "\n".join(["| setting | value |", "|---|---|", *rows])
+
+    def make_optimizer(self, net: nn.Module) -> torch.optim.Optimizer:
+        groups = weight_decay_groups(net, self.weight_decay)
+        if self.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=self.lr, momentum=self.momentum, nesterov=self.momentum > 0)
+        return torch.optim.AdamW(groups, lr=self.lr, betas=(self.momentum, 0.999))
+
+    def make_scheduler(self, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+        """A per-batch schedule over ``epochs * steps_per_epoch`` steps."""
+        total = self.epochs * steps_per_epoch
+        warm = max(1, round(self.warmup * total)) if self.warmup else 0
+        if self.schedule == "one-cycle":
+            return torch.optim.lr_scheduler.OneCycleLR(
+                optimizer, max_lr=self.lr, total_steps=total, pct_start=max(warm, 1) / total,
+                anneal_strategy="cos", cycle_momentum=False, div_factor=25.0, final_div_factor=1e4)
+
+        def factor(step: int) -> float:
+            if self.schedule == "constant":
+                return min(1.0, (step + 1) / warm) if warm else 1.0
+            if step < warm:
+                return (step + 1) / warm
+            return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+    def make_loss(self) -> nn.Module:
+        return nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
+
+    def make_augment(self, seed: int, device: torch.device | str, fill: float) -> Augment | None:
+        if not self.translate and not self.flip:
+            return None
+        return Augment(seed, device, translate=self.translate, flip=self.flip, fill=fill)
+
+
+def fit(net: nn.Module, splits, recipe: Recipe, *, seed: int = 0, verbose: bool = True):
+    """Train ``net`` on ``splits`` (from ``load_splits``) under ``recipe``; returns the History.
+
+    Every epoch is scored on the validation set; the test set once, at the end.
+    """
+    from .train import train_classifier
+
+    device = splits.device
+    optimizer = recipe.make_optimizer(net.to(device))
+    return train_classifier(
+        net, splits.train, splits.test, val_iter=splits.val, epochs=recipe.epochs,
+        optimizer=optimizer, scheduler=recipe.make_scheduler(optimizer, len(splits.train)),
+        loss_fn=recipe.make_loss(), augment=recipe.make_augment(seed, device, splits.background),
+        flip_test=recipe.flip_test, verbose=verbose)
