@@ -3,13 +3,14 @@
 from .data import (CLASS_NAMES, PIXEL_MEAN, PIXEL_STD, Batches, CorruptDataError, DataNotFoundError,
                    FashionMNIST, Splits, fetch_fashion_mnist, find_fashion_mnist, load_fashion_mnist,
                    load_splits, read_fashion_mnist)
-from .plot import plot_history, show_images
+from .plot import plot_confusion, plot_history, show_cams, show_feature_maps, show_filters, show_images
 from .profile import DEVICES, PROFILES, Profile, choose_device, choose_profile, device_name, seed_everything
 from .recipe import Augment, Recipe, augment_batch, fit, weight_decay_groups
 from .results import code_version, load_runs, project_results_dir, record_run, results_dir
-from .summary import count_macs, count_parameters, layer_summary, network_depth
-from .train import (EpochStats, History, Timer, accuracy, evaluate_accuracy, evaluate_loss, predict,
-                    train_classifier)
+from .summary import (class_activation_map, count_macs, count_parameters, feature_maps, layer_summary,
+                      network_depth, receptive_fields)
+from .train import (EpochStats, History, Timer, accuracy, confusion_matrix, evaluate_accuracy,
+                    evaluate_loss, predict, train_classifier)
 
 __version__ = "0.1.0"
 
@@ -18,11 +19,12 @@ __all__ = [
     "FashionMNIST", "Splits", "fetch_fashion_mnist", "find_fashion_mnist", "load_fashion_mnist",
     "load_splits", "read_fashion_mnist",
     "Augment", "Recipe", "augment_batch", "fit", "weight_decay_groups",
-    "plot_history", "show_images",
+    "plot_confusion", "plot_history", "show_cams", "show_feature_maps", "show_filters", "show_images",
     "DEVICES", "PROFILES", "Profile", "choose_device", "choose_profile", "device_name",
     "seed_everything",
     "code_version", "load_runs", "project_results_dir", "record_run", "results_dir",
-    "count_macs", "count_parameters", "layer_summary", "network_depth",
-    "EpochStats", "History", "Timer", "accuracy", "evaluate_accuracy", "evaluate_loss", "predict",
-    "train_classifier",
+    "class_activation_map", "count_macs", "count_parameters", "feature_maps", "layer_summary",
+    "network_depth", "receptive_fields",
+    "EpochStats", "History", "Timer", "accuracy", "confusion_matrix", "evaluate_accuracy",
+    "evaluate_loss", "predict", "train_classifier",
 ]

@@ -10,7 +10,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-__all__ = ["Timer", "EpochStats", "History", "accuracy", "evaluate_accuracy",
+__all__ = ["Timer", "EpochStats", "History", "accuracy", "confusion_matrix", "evaluate_accuracy",
            "evaluate_loss", "predict", "train_classifier"]
 
 
@@ -56,6 +56,30 @@ class Timer:
 def accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Number of correct predictions in a batch, as a tensor (no device sync)."""
     return (logits.argmax(dim=1) == y).sum()
+
+
+def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int = 10) -> torch.Tensor:
+    """How often each true class (row) was predicted as each class (column), as int64 counts.
+
+    Both arguments are class indices, one per example (``logits.argmax(dim=1)``, not logits).
+    """
+    predictions, labels = torch.as_tensor(predictions), torch.as_tensor(labels)
+    if predictions.dim() != 1 or labels.dim() != 1:
+        raise ValueError("predictions and labels must be 1-D tensors of class indices, got shapes "
+                         f"{tuple(predictions.shape)} and {tuple(labels.shape)} "
+                         "(for logits, pass logits.argmax(dim=1))")
+    if len(predictions) != len(labels):
+        raise ValueError(f"{len(predictions)} predictions but {len(labels)} labels: "
+                         "they must pair up one to one")
+    for name, t in (("predictions", predictions), ("labels", labels)):
+        if t.is_floating_point() or t.is_complex():
+            raise ValueError(f"{name} must be integer class indices, got dtype {t.dtype}")
+        if len(t) and (t.min() < 0 or t.max() >= num_classes):
+            raise ValueError(f"{name} must lie in 0..{num_classes - 1}, "
+                             f"got values from {int(t.min())} to {int(t.max())}")
+    # Each (true, predicted) pair becomes one index of the flattened matrix: one bincount, no loop.
+    pairs = labels.to(predictions.device).long() * num_classes + predictions.long()
+    return torch.bincount(pairs, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
 def _device_of(net: nn.Module) -> torch.device:
