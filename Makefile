@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 READY  := $(VENV)/.requirements-installed
 
-.PHONY: book test unit site nbval data browser setup outputs run clean
+.PHONY: book test unit site nbval data browser setup outputs calibrate run clean
 
 book: data
 	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going
@@ -35,6 +35,12 @@ nbval: data
 NOTEBOOKS ?= notebooks/*.ipynb
 outputs: data
 	$(PY) -m d2l_utils store-outputs $(NOTEBOOKS)
+
+# Measure the nbval tolerances of notebooks whose outputs were just stored: each
+# reruns under other numerics and seeds (see the README), about 7 times its run time.
+#   make calibrate NOTEBOOKS=notebooks/06_lenet.ipynb
+calibrate: data
+	$(PY) -m d2l_utils calibrate $(NOTEBOOKS)
 
 # Run notebooks under a profile into _build/runs (the committed ones stay as they are):
 #   make run PROFILE=full DEVICE=cuda NOTEBOOKS=notebooks/06_lenet.ipynb PARAMS="-p EPOCHS 5"

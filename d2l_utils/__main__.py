@@ -3,6 +3,7 @@
     python -m d2l_utils fetch-data
     python -m d2l_utils run notebooks/06_lenet.ipynb --profile full --device cuda -p EPOCHS 5
     python -m d2l_utils store-outputs notebooks/06_lenet.ipynb
+    python -m d2l_utils calibrate notebooks/06_lenet.ipynb
 """
 
 from __future__ import annotations
@@ -34,6 +35,15 @@ def main(argv: list[str] | None = None) -> int:
                                 "their outputs in place")
     store.add_argument("notebooks", nargs="+", help="paths of .ipynb files")
 
+    calibrate = commands.add_parser("calibrate", help="rerun notebooks under other numerics and seeds "
+                                    "and store each printed number's measured tolerance")
+    calibrate.add_argument("notebooks", nargs="+", help="paths of .ipynb files (after make outputs)")
+    calibrate.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2)")
+    calibrate.add_argument("--runs-dir", default="_build/calibration",
+                           help="where the executed variants are kept (default _build/calibration)")
+    calibrate.add_argument("--sanitize-with", default="tests/sanitize.cfg",
+                           help="the nbval sanitizer file (default tests/sanitize.cfg)")
+
     args = parser.parse_args(argv)
     if args.command == "fetch-data":
         try:
@@ -62,7 +72,35 @@ def main(argv: list[str] | None = None) -> int:
         for path in args.notebooks:
             print(f"running {path} ...", flush=True)
             store_outputs(path)
+    elif args.command == "calibrate":
+        return _calibrate(args)
     return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from .notebooks import calibrate
+    try:
+        outcomes = calibrate(args.notebooks, runs_dir=args.runs_dir,
+                             sanitize_file=args.sanitize_with, jobs=args.jobs)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    bad = 0
+    for o in outcomes:
+        if o.error:
+            bad += 1
+            print(f"FAILED {o.notebook}: {o.error} (not written)")
+            continue
+        print(f"ok     {o.notebook}: {sum(map(len, o.bands.values()))} numbers in "
+              f"{len(o.bands)} cells get bands")
+        for cell, bands in o.bands.items():
+            widest = max(bands, key=lambda b: b.tolerance / max(abs(float(b.stored.replace(',', ''))), 1e-12))
+            print(f"       code cell {cell}: {len(bands)} bands, widest +-{widest.tolerance:.3g} "
+                  f"around {widest.stored} (std {widest.std:.2g})")
+        for problem in o.problems:
+            bad += 1
+            print(f"       PROBLEM {problem}")
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["store_outputs", "run_notebooks", "RunOutcome", "parse_value", "check_run_request"]
+__all__ = ["store_outputs", "run_notebooks", "RunOutcome", "parse_value", "check_run_request",
+           "calibrate", "bands_from_runs", "Calibration", "NUMERICS_VARIANTS", "SEED_VARIANTS"]
 
 
 def store_outputs(path: str | os.PathLike, timeout: int | None = None) -> None:
@@ -38,15 +39,7 @@ def store_outputs(path: str | os.PathLike, timeout: int | None = None) -> None:
             os.environ.pop(name, None)
             if value is not None:
                 os.environ[name] = value
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".ipynb.tmp")
-    os.close(fd)
-    try:
-        nbformat.write(nb, tmp)
-        os.chmod(tmp, path.stat().st_mode & 0o777)  # mkstemp makes it private; keep the file's mode
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    _write_atomically(nb, path)
 
 
 @dataclass
@@ -144,3 +137,196 @@ def _run_one(path: Path, output: Path, profile: str, device: str,
     except Exception as err:  # a kernel that died, a missing package: still report and go on
         outcome.error = f"{type(err).__name__}: {err}"
     return outcome
+
+
+# --- calibration of the nbval tolerances ---------------------------------------------------------
+
+# Numerics that another reader's machine may have: ATen's vectorised code for another
+# instruction set (or none), oneDNN's convolutions limited to AVX2, MKL's portable code
+# paths, and a second thread. Each is an environment variable read when PyTorch starts.
+NUMERICS_VARIANTS: dict[str, dict[str, str]] = {
+    "aten-default": {"ATEN_CPU_CAPABILITY": "default"},
+    "aten-avx2": {"ATEN_CPU_CAPABILITY": "avx2"},
+    "onednn-avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2"},
+    "mkl-compatible": {"MKL_CBWR": "COMPATIBLE"},
+    "threads-2": {"D2L_THREADS": "2"},
+}
+SEED_VARIANTS = (1, 2)
+NUMERICS_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "D2L_THREADS")
+CALIBRATION_KEY = "d2l_calibration"
+
+
+@dataclass
+class Calibration:
+    """How one notebook's calibration ended: bands per code cell, or why there are none."""
+    notebook: Path
+    bands: dict[int, list] | None = None      # code-cell index -> list of tolerance.Band
+    problems: list[str] | None = None
+    error: str | None = None
+
+
+def _variant_run(path: Path, output: Path, env: dict[str, str], seed: int | None,
+                 timeout: float) -> str | None:
+    """Execute ``path`` with papermill in its own process under ``env``; the error, or None."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "papermill", str(path), str(output), "-k", "python3",
+               "--cwd", str(path.parent), "--no-progress-bar", "--log-level", "ERROR"]
+    if seed is not None:
+        command += ["-p", "SEED", str(seed)]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"did not finish in {timeout:.0f} s"
+    if done.returncode != 0:
+        lines = [line for line in (done.stderr or done.stdout).strip().splitlines() if line.strip()]
+        return "; ".join(lines[-3:]) or f"papermill exited with {done.returncode}"
+    return None
+
+
+def _threads_of(env: dict[str, str]) -> int:
+    return int(env.get("D2L_THREADS", "1"))
+
+
+def _code_cells(nb) -> list:
+    return [c for c in nb.cells if c.cell_type == "code"
+            and "injected-parameters" not in c.metadata.get("tags", [])]
+
+
+def calibrate(notebooks: list[str | os.PathLike], *, runs_dir: str | os.PathLike = "_build/calibration",
+              sanitize_file: str | os.PathLike = "tests/sanitize.cfg", jobs: int = 2,
+              timeout: float = 1800) -> list[Calibration]:
+    """Measure nbval tolerances: rerun each notebook under other numerics and seeds, store bands.
+
+    Each notebook runs once per entry of ``NUMERICS_VARIANTS`` and once per
+    seed of ``SEED_VARIANTS`` (``jobs`` runs at a time, each in its own
+    process, on the CPU, its run records going to a temporary folder). Every
+    code cell's outputs are then compared with the stored ones, and each
+    number that a numerics variant moved gets a band (see ``d2l_utils.tolerance``)
+    in the cell's metadata; the notebook's metadata says how it was measured.
+    The stored outputs themselves are never changed. A notebook with a failed
+    run, or whose stored outputs change while it is calibrated, is not written.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from . import tolerance
+
+    paths = [Path(p) for p in notebooks]
+    for path in paths:
+        if not path.is_file() or path.suffix != ".ipynb":
+            raise FileNotFoundError(f"{path} is not a notebook file")
+    sanitize = tolerance.sanitizer(Path(sanitize_file).read_text())
+    variants = [(name, env, None) for name, env in NUMERICS_VARIANTS.items()]
+    variants += [(f"seed-{seed}", {}, seed) for seed in SEED_VARIANTS]
+    records = tempfile.mkdtemp(prefix="d2l-calibration-results-")
+    base_env = {k: v for k, v in os.environ.items() if k not in NUMERICS_ENV}
+    base_env.pop("D2L_RUN_OVERRIDES", None)
+    base_env.update(D2L_DEVICE="cpu", D2L_RESULTS_DIR=records)
+    before = {path: path.read_bytes() for path in paths}
+    tasks = [(path, name, Path(runs_dir) / path.stem / f"{name}.ipynb", {**base_env, **env}, seed)
+             for path in paths for name, env, seed in variants]
+    # A run on n threads takes n of the job slots: two-thread PyTorch beside other runs
+    # on the same cores waits at every parallel region for a thread that is not running.
+    errors: dict[int, str | None] = {}
+    for width in sorted({_threads_of(t[3]) for t in tasks}):
+        chosen = [i for i, t in enumerate(tasks) if _threads_of(t[3]) == width]
+        with ThreadPoolExecutor(max_workers=max(1, jobs // width)) as pool:
+            for i, error in zip(chosen, pool.map(
+                    lambda i: _variant_run(tasks[i][0], tasks[i][2], tasks[i][3], tasks[i][4], timeout),
+                    chosen)):
+                errors[i] = error
+    errors = [errors[i] for i in range(len(tasks))]
+
+    outcomes = []
+    for path in paths:
+        failed = [f"{name}: {err}" for (p, name, *_), err in zip(tasks, errors) if p == path and err]
+        if failed:
+            outcomes.append(Calibration(path, error="; ".join(failed)))
+        elif path.read_bytes() != before[path]:
+            outcomes.append(Calibration(path, error="the notebook changed while it was calibrated; "
+                                                    "calibrate it again"))
+        else:
+            outcomes.append(bands_from_runs(path, {name: out for p, name, out, _, _ in tasks if p == path},
+                                            sanitize))
+    return outcomes
+
+
+def bands_from_runs(path: Path, runs: dict[str, Path], sanitize) -> Calibration:
+    """Derive the bands of ``path`` from its executed variants (name -> notebook) and store them."""
+    import datetime
+
+    import nbformat
+    import torch
+
+    from . import tolerance
+    from .profile import cpu_model
+
+    outcome = Calibration(path)
+    stored = nbformat.read(path, as_version=4)
+    cells = _code_cells(stored)
+    runs = {name: _code_cells(nbformat.read(out, as_version=4)) for name, out in runs.items()}
+    mismatch = [name for name, run in runs.items() if [c.source for c in run] != [c.source for c in cells]]
+    if mismatch:
+        outcome.error = f"the runs {', '.join(mismatch)} hold other code than the notebook"
+        return outcome
+    outcome.bands, outcome.problems = {}, []
+    for i, cell in enumerate(cells):
+        cell.metadata.pop(tolerance.METADATA_KEY, None)
+        if "tags" in cell.metadata:
+            cell.metadata["tags"] = [t for t in cell.metadata["tags"] if t != "nbval-approx"]
+        if cell.execution_count is None or not cell.outputs:
+            continue
+        found = tolerance.cell_bands(
+            cell.outputs,
+            {name: run[i].outputs for name, run in runs.items() if name in NUMERICS_VARIANTS},
+            {name: run[i].outputs for name, run in runs.items() if name not in NUMERICS_VARIANTS},
+            sanitize)
+        outcome.problems += [f"code cell {i}: {p}" for p in found.problems]
+        _check_bands_accept_the_runs(cell, i, runs, found, sanitize)
+        if found.bands:
+            outcome.bands[i] = found.bands
+            cell.metadata[tolerance.METADATA_KEY] = {
+                "numbers": found.numbers, "runs": len(runs) + 1,
+                "bands": [b.as_metadata() for b in found.bands]}
+    stored.metadata[CALIBRATION_KEY] = {
+        "date": datetime.date.today().isoformat(),
+        "machine": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch": torch.__version__,
+        "rule": (f"a number that a numerics variant moves is accepted within max({tolerance.SIGMAS} "
+                 "x its standard deviation over all runs, its largest deviation from the stored "
+                 "value, one unit of its last digit); seeds widen only such numbers; every other "
+                 "number and every word must match exactly"),
+        "stored_run": "make outputs (quick profile, CPU, default numerics)",
+        "variants": {**{name: {"env": env} for name, env in NUMERICS_VARIANTS.items()},
+                     **{f"seed-{s}": {"parameters": {"SEED": s}} for s in SEED_VARIANTS}},
+    }
+    _write_atomically(stored, path)
+    return outcome
+
+
+def _check_bands_accept_the_runs(cell, i: int, runs: dict, found, sanitize) -> None:
+    """Every numerics run must pass the comparison with the bands just derived (by construction)."""
+    from . import tolerance
+
+    for name, run in runs.items():
+        if name not in NUMERICS_VARIANTS or any(p.startswith(f"{name}:") for p in found.problems):
+            continue
+        test, ref = tolerance.align_outputs(run[i].outputs, cell.outputs, found.bands, sanitize)
+        if tolerance.fields(test, str) != tolerance.fields(ref, str):
+            raise AssertionError(f"code cell {i}: the bands derived do not accept the {name} run")
+
+
+def _write_atomically(nb, path: Path) -> None:
+    import nbformat
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".ipynb.tmp")
+    os.close(fd)
+    try:
+        nbformat.write(nb, tmp)
+        os.chmod(tmp, path.stat().st_mode & 0o777)  # mkstemp makes it private; keep the file's mode
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

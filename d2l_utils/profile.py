@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 __all__ = ["PROFILES", "DEVICES", "THREADS_ENV", "Profile", "choose_device", "choose_profile",
-           "device_name", "seed_everything"]
+           "cpu_model", "device_name", "seed_everything"]
 
 PROFILES = ("quick", "full")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -58,16 +58,20 @@ def device_name(device: torch.device | str) -> str:
         return torch.cuda.get_device_name(device)
     if device.type == "mps":
         return f"Apple {platform.machine()} (MPS)"
-    model = platform.processor() or platform.machine()
+    model = cpu_model()
+    return f"{model}, {torch.get_num_threads()} threads"
+
+
+def cpu_model() -> str:
+    """The processor's model name (from /proc/cpuinfo where there is one)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{model}, {torch.get_num_threads()} threads"
+    return platform.processor() or platform.machine()
 
 
 def seed_everything(seed: int) -> None:

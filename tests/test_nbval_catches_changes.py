@@ -1,10 +1,13 @@
 """The notebook regression must notice when a chapter's substance changes.
 
 Each test copies a chapter, changes one thing a reader would care about (a
-kernel size, a padding, the scaling of the data), runs ``pytest --nbval -x``
-on the copy, and expects it to fail at the cell whose stored output no longer
-holds, after the cells before it passed. ``-x`` stops at that first failure,
-so no test trains a chapter.
+kernel size, a padding, the scaling of the data, the learning rate, the
+epochs, a block, a dropout probability), runs ``pytest --nbval -x`` on the
+copy, and expects it to fail at the cell whose stored output no longer holds,
+after the cells before it passed. ``-x`` stops at that first failure. A
+change that only training can show must fail at the training cell: its
+numbers leave the bands that the calibration measured (d2l_utils/tolerance.py),
+so these tests are what shows that the bands are narrow enough to mean something.
 """
 
 from __future__ import annotations
@@ -68,15 +71,59 @@ def test_changing_a_lenet_layer_fails_at_its_shape_table(tmp_path, old, new):
     assert failed_cell(run_nbval(path)) == summary
 
 
+def first_code_cell_with(name: str, text: str) -> int:
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    return next(i for i, c in enumerate(c for c in nb.cells if c.cell_type == "code") if text in c.source)
+
+
+STANDARDISE = ("\nimport d2l_utils.data as _data\n"
+               "_scale = _data.Batches._transform\n"
+               "_data.Batches._transform = lambda self, images: (_scale(self, images) - 0.2860) / 0.3530")
+
+LENET = "06_lenet.ipynb"
+LENET_TRAINING = "history = train_classifier(net, train_iter, test_iter, epochs=epochs,"
+
+
+def test_ten_times_the_learning_rate_fails_at_the_relu_lenets_training_log(tmp_path):
+    """The ReLU LeNet's log moves under other numerics and seeds, so its numbers have bands:
+    this shows that the bands are narrower than what a changed learning rate does."""
+    path, _ = mutated_copy(tmp_path, LENET, "Adam(modern.parameters(), lr=lr)",
+                           "Adam(modern.parameters(), lr=10 * lr)")
+    assert failed_cell(run_nbval(path)) == first_code_cell_with(LENET, "modern_history = train_classifier(")
+
+
+@pytest.mark.parametrize("old, new", [
+    pytest.param(LENET_TRAINING, LENET_TRAINING.replace("epochs=epochs", "epochs=epochs // 2"),
+                 id="epochs-halved"),
+    pytest.param("train_iter, test_iter = load_fashion_mnist(batch_size, device=profile.device, seed=SEED)",
+                 "train_iter, test_iter = load_fashion_mnist(batch_size, device=profile.device, seed=SEED)"
+                 + STANDARDISE, id="inputs-standardised"),
+])
+def test_a_change_to_the_sigmoid_lenets_training_fails_at_its_training_log(tmp_path, old, new):
+    path, _ = mutated_copy(tmp_path, LENET, old, new)
+    assert failed_cell(run_nbval(path)) == first_code_cell_with(LENET, LENET_TRAINING)
+
+
+VGG = "08_vgg.ipynb"
+
+
+def test_removing_a_vgg_block_fails_at_the_shape_table(tmp_path):
+    arch = "conv_arch = ((1, 64), (1, 128), (2, 256), (2, 512), (2, 512))"
+    path, edited = mutated_copy(tmp_path, VGG, arch, arch.replace(", (2, 512))", ")"))
+    assert failed_cell(run_nbval(path)) == first_code_cell_with(VGG, "rows = layer_summary(net,")
+
+
+def test_a_lower_dropout_probability_fails_at_vggs_training_log(tmp_path):
+    path, _ = mutated_copy(tmp_path, VGG, "nn.Dropout(p=0.5)", "nn.Dropout(p=0.1)")
+    assert failed_cell(run_nbval(path)) == first_code_cell_with(VGG, "history = train_classifier(")
+
+
 def test_rescaling_the_data_fails_at_the_pixel_statistics(tmp_path):
     """Standardising the pixels instead of the stored run's [0, 1] scaling changes the
     training set's pixel mean and std that chapter 1 prints, an exact comparison."""
     name = "01_fashion_mnist_baselines.ipynb"
     old = "data = read_fashion_mnist()"
-    new = old + (
-        "\nimport d2l_utils.data as _data\n"
-        "_scale = _data.Batches._transform\n"
-        "_data.Batches._transform = lambda self, images: (_scale(self, images) - 0.2860) / 0.3530")
+    new = old + STANDARDISE
     path, edited = mutated_copy(tmp_path, name, old, new)
     statistics = code_cell_index(name, edited) + 1  # the cell that prints class counts and pixel statistics
     assert failed_cell(run_nbval(path)) == statistics

@@ -1,7 +1,8 @@
-"""The tolerant comparison of ``nbval-approx`` cells (conftest.py at the project's root).
+"""Measured tolerances of the notebook regression (d2l_utils/tolerance.py, conftest.py, calibrate).
 
-Numbers within ``0.01 + 1%`` of the stored ones are accepted; anything else
-(a number further off, a changed word, a changed shape) must still fail.
+A number that a numerics variant moved gets a band of
+``max(4 standard deviations, largest deviation, one unit of its last digit)``;
+everything else (words, shapes, numbers no variant moved) stays exact.
 """
 
 from __future__ import annotations
@@ -18,93 +19,108 @@ import pytest
 from nbval.plugin import IPyNbCell, get_sanitize_patterns, nocolors
 
 from d2l_utils import EpochStats, History
+from d2l_utils.notebooks import CALIBRATION_KEY, calibrate
+from d2l_utils.tolerance import (METADATA_KEY, SIGMAS, Band, StaleCalibration, align_outputs,
+                                 band_for, cell_bands, fields, sanitizer, split_numbers)
 
 PROJECT = Path(__file__).resolve().parents[1]
 SANITIZE = PROJECT / "tests" / "sanitize.cfg"
+sanitize = sanitizer(SANITIZE.read_text())
 
 
-@pytest.fixture(scope="module")
-def course(request):
-    """The project's conftest module, as pytest loaded it for this session."""
-    for plugin in request.config.pluginmanager.get_plugins():
-        path = getattr(plugin, "__file__", None)
-        if path and Path(path).resolve() == PROJECT / "conftest.py":
-            return plugin
-    pytest.fail("the project's conftest.py was not loaded")
+def stdout(*lines: str) -> list:
+    """Each line as its own stream output, as train_classifier's flushed prints arrive."""
+    return [nbformat.v4.new_output("stream", name="stdout", text=line + "\n") for line in lines]
 
 
-# --- close_enough -----------------------------------------------------------------------------
+def result(text: str) -> list:
+    return [nbformat.v4.new_output("execute_result", data={"text/plain": text}, execution_count=3)]
 
-@pytest.mark.parametrize("test, ref", [
-    ("0.5049", "0.5000"),      # 0.0049 <= 0.01 + 0.005
-    ("0.0099", "0.0000"),      # the absolute part alone
-    ("1.019", "1.000"),        # just inside 0.02
-    ("99.1", "100"),           # the relative part: 0.9 <= 1.01
-    ("-2.02", "-2.00"),
-    ("12,400", "12,345"),      # thousands separators
-    ("1.5e-3", "1e-3"),
+
+def training_log(rows: list[tuple[float, float, float, float, float]]) -> list[str]:
+    """What train_classifier prints for these (loss, train acc, test acc, seconds, examples/s)."""
+    stats = [EpochStats(i, *row) for i, row in enumerate(rows, start=1)]
+    return [History.HEADER, *map(History.format_row, stats), History(stats).summary()]
+
+
+# --- the rule ---------------------------------------------------------------------------------
+
+def test_a_band_is_four_standard_deviations_when_that_is_widest():
+    band = band_for(0, "0.800", ["0.790", "0.810", "0.800", "0.795", "0.805"])
+    assert SIGMAS == 4
+    assert band.std == pytest.approx(0.0070711, rel=1e-4)
+    assert band.max_deviation == pytest.approx(0.010)
+    assert band.tolerance == pytest.approx(4 * band.std)
+
+
+def test_a_band_covers_the_largest_deviation_seen():
+    """With few runs, one far run can lie beyond 4 standard deviations of all of them."""
+    band = band_for(0, "0.500", ["0.500"] * 20 + ["0.530"])
+    assert band.tolerance == pytest.approx(0.030) and band.tolerance > 4 * band.std
+
+
+@pytest.mark.parametrize("stored, unit", [("0.790", 0.001), ("12,345", 1.0), ("1.0e-3", 1e-4),
+                                          ("7", 1.0), ("0.5049", 1e-4)])
+def test_a_band_is_never_narrower_than_one_unit_of_the_last_digit(stored, unit):
+    band = band_for(0, stored, [stored.replace("0", "0")])
+    assert band.tolerance == pytest.approx(unit)
+
+
+def test_metadata_rounds_a_band_up_never_down():
+    band = band_for(3, "0.800", ["0.8123"])
+    entry = band.as_metadata()
+    assert entry["tolerance"] >= band.tolerance and entry["tolerance"] == 0.0348  # 4 x 0.0086974.. rounded up
+    assert Band.from_metadata(entry).index == 3
+
+
+@pytest.mark.parametrize("text, words, numbers", [
+    ("loss 0.5000 acc 0.810", ["loss ", " acc ", ""], ["0.5000", "0.810"]),
+    ("    1      0.5123", [" ", " ", ""], ["1", "0.5123"]),
+    ("torch.Size([1, 16, 5, 5])", ["torch.Size([", ", ", ", ", ", ", "])"], ["1", "16", "5", "5"]),
+    ("12,345 images, 1e-3", ["", " images, ", ""], ["12,345", "1e-3"]),
 ])
-def test_close_enough_accepts_numbers_within_the_tolerance(course, test, ref):
-    assert course.close_enough(test, ref)
+def test_text_splits_into_words_and_numbers(text, words, numbers):
+    assert split_numbers(text) == (words, numbers)
 
 
-@pytest.mark.parametrize("test, ref", [
-    ("0.5200", "0.5000"),      # 0.02 > 0.015
-    ("0.0110", "0.0000"),
-    ("1.021", "1.000"),        # just outside 0.02
-    ("98.9", "100.1"),         # 1.2 > 1.011
-    ("0.5", "-0.5"),
-    ("12,600", "12,345"),
-])
-def test_close_enough_rejects_numbers_beyond_the_tolerance(course, test, ref):
-    assert not course.close_enough(test, ref)
+# --- which numbers get bands ------------------------------------------------------------------
+
+STORED = stdout(*training_log([(1.1484, 0.552, 0.753, 3.3, 18283.0), (0.5335, 0.797, 0.812, 2.8, 21506.0)]))
+AVX2 = stdout(*training_log([(1.1490, 0.551, 0.755, 9.7, 6186.0), (0.5321, 0.799, 0.810, 11.4, 5263.0)]))
+SEED = stdout(*training_log([(1.1602, 0.540, 0.741, 3.0, 20000.0), (0.5401, 0.790, 0.821, 2.9, 20600.0)]))
 
 
-def test_the_tolerance_is_the_documented_one(course):
-    assert (course.ABS_TOL, course.REL_TOL, course.APPROX_TAG) == (0.01, 0.01, "nbval-approx")
+def test_numbers_that_numerics_move_get_bands_and_the_epochs_stay_exact():
+    found = cell_bands(STORED, {"aten-avx2": AVX2, "mkl": STORED}, {}, sanitize)
+    assert found.problems == []
+    numbers = [n for _, text in fields(STORED, sanitize) for n in split_numbers(text)[1]]
+    banded = {numbers[b.index] for b in found.bands}
+    assert banded == {"1.1484", "0.552", "0.753", "0.5335", "0.797", "0.812"}
+    assert "1" not in banded and "2" not in banded  # epoch numbers and "after 2 epochs"
 
 
-# --- align_numbers ----------------------------------------------------------------------------
-
-def test_numbers_within_tolerance_take_the_stored_values(course):
-    ref = "train loss 0.3055, train acc 0.884, test acc 0.868 after 10 epochs on cpu"
-    test = "train loss 0.3071, train acc 0.881, test acc 0.871 after 10 epochs on cpu"
-    assert course.align_numbers(test, ref) == ref
-
-
-def test_a_number_out_of_tolerance_stays_as_computed(course):
-    ref = "train loss 0.3055, train acc 0.884, test acc 0.868"
-    test = "train loss 0.3071, train acc 0.884, test acc 0.801"
-    assert course.align_numbers(test, ref) == "train loss 0.3055, train acc 0.884, test acc 0.801"
+def test_seeds_widen_the_bands_of_moving_numbers_only():
+    numerics_only = cell_bands(STORED, {"aten-avx2": AVX2}, {}, sanitize)
+    with_seed = cell_bands(STORED, {"aten-avx2": AVX2}, {"seed-1": SEED}, sanitize)
+    assert [b.index for b in with_seed.bands] == [b.index for b in numerics_only.bands]
+    assert all(w.tolerance >= n.tolerance for w, n in zip(with_seed.bands, numerics_only.bands))
+    assert max(b.tolerance for b in with_seed.bands) > max(b.tolerance for b in numerics_only.bands)
 
 
-@pytest.mark.parametrize("test, ref", [
-    ("train loss 0.3055 after 10 epochs on cuda", "train loss 0.3055 after 10 epochs on cpu"),
-    ("test acc 0.868", "train acc 0.868"),
-    ("loss: 0.5", "loss 0.5"),
-    ("accuracy 0.5 0.6", "accuracy 0.5"),
-    ("accuracy 0.868%", "accuracy 0.868"),
-])
-def test_changed_words_are_not_aligned(course, test, ref):
-    assert course.align_numbers(test, ref) == test != ref
+def test_a_parameter_that_only_a_seed_changes_stays_exact():
+    found = cell_bands(stdout("profile 'quick' on cpu (seed 0)"), {"aten-avx2": stdout("profile 'quick' on cpu (seed 0)")},
+                       {"seed-1": stdout("profile 'quick' on cpu (seed 1)")}, sanitize)
+    assert found.bands == [] and found.problems == []
 
 
-@pytest.mark.parametrize("test, ref", [
-    ("torch.Size([1, 16, 5, 5])", "torch.Size([1, 16, 4, 4])"),
-    ("(1, 6, 28, 28)", "(1, 6, 14, 14)"),
-    ("(1, 400)", "(1, 400, 1)"),
-    ("(256, 1, 96, 96)", "(256, 1, 224, 224)"),
-])
-def test_changed_shapes_are_not_aligned(course, test, ref):
-    assert course.align_numbers(test, ref) != ref
+def test_words_that_a_numerics_variant_changes_are_a_problem_named_by_the_variant():
+    found = cell_bands(stdout("predicted: shirt"), {"threads-2": stdout("predicted: coat")}, {}, sanitize)
+    assert len(found.problems) == 1 and found.problems[0].startswith("threads-2: prints other words")
+    assert "shirt" in found.problems[0] and "coat" in found.problems[0]
 
 
-def test_column_padding_may_differ_but_not_the_words(course):
-    ref = "    1      0.5123      0.812\n"
-    assert course.align_numbers("    1     0.5120      0.812\n", ref) == ref
-    assert course.align_numbers("    1        0.5120  0.812\n", ref) == ref
-    assert course.align_numbers("    1      0.5120      0.812 \n", ref) != ref
-    assert course.align_numbers("    1      0.5120\n      0.812\n", ref) != ref
+def test_timings_are_sanitized_before_anything_is_compared():
+    assert cell_bands(stdout("took 3.3 s"), {"v": stdout("took 11.4 s")}, {}, sanitize).bands == []
 
 
 # --- inside nbval's own comparison ------------------------------------------------------------
@@ -116,129 +132,141 @@ class Cell:
     sanitize = IPyNbCell.sanitize
     colors = nocolors
 
-    def __init__(self, tags=()):
-        self.cell = nbformat.from_dict({"metadata": {"tags": list(tags)}})
-        patterns = dict(get_sanitize_patterns(SANITIZE.read_text()))
+    def __init__(self, bands=()):
+        metadata = {METADATA_KEY: {"numbers": 0, "runs": 3, "bands": [b.as_metadata() for b in bands]}}
+        self.cell = nbformat.from_dict({"metadata": metadata if bands else {}})
         skip = ("metadata", "traceback", "prompt_number", "output_type", "name", "execution_count",
                 "image/png", "image/jpeg")
-        self.parent = SimpleNamespace(skip_compare=skip, sanitize_patterns=patterns)
+        self.parent = SimpleNamespace(skip_compare=skip,
+                                      sanitize_patterns=dict(get_sanitize_patterns(SANITIZE.read_text())))
         self.mismatches: list[tuple] = []
 
     def format_output_compare(self, key, left, right):
         self.mismatches.append((key, left, right))
 
     def same(self, test: list, ref: list) -> bool:
-        return self.compare_outputs([nbformat.from_dict(o) for o in test],
-                                    [nbformat.from_dict(o) for o in ref])
+        return self.compare_outputs(test, ref)
 
 
-def stdout(*lines: str) -> list[dict]:
-    """Each line as its own stream output, as train_classifier's flushed prints arrive."""
-    return [{"output_type": "stream", "name": "stdout", "text": line + "\n"} for line in lines]
-
-
-def training_log(rows: list[tuple[float, float, float, float, float]]) -> list[str]:
-    """What train_classifier prints for these (loss, train acc, test acc, seconds, examples/s)."""
-    stats = [EpochStats(i, *row) for i, row in enumerate(rows, start=1)]
-    history = History(stats)
-    return [History.HEADER, *map(History.format_row, stats), history.summary()]
-
-
-STORED = training_log([(1.1484, 0.552, 0.753, 3.3, 18283.0), (0.5335, 0.797, 0.812, 2.8, 21506.0)])
-RERUN = training_log([(1.1490, 0.551, 0.755, 9.7, 6186.0), (0.5321, 0.799, 0.810, 11.4, 5263.0)])
-DRIFTED = training_log([(1.1490, 0.551, 0.755, 9.7, 6186.0), (0.5321, 0.799, 0.790, 11.4, 5263.0)])
+BANDS = cell_bands(STORED, {"aten-avx2": AVX2}, {"seed-1": SEED}, sanitize).bands
 
 
 def test_the_extension_is_installed_on_nbval():
-    assert getattr(IPyNbCell, "_approx_installed", False)
+    assert getattr(IPyNbCell, "_bands_installed", False)
 
 
-def test_a_rerun_within_tolerance_and_with_other_timings_passes_in_an_approx_cell():
-    cell = Cell(tags=["nbval-approx"])
-    assert cell.same(stdout(*RERUN), stdout("\n".join(STORED)))
+def test_a_rerun_within_its_bands_and_with_other_timings_passes():
+    cell = Cell(BANDS)
+    assert cell.same(AVX2, STORED) and cell.same(SEED, STORED)
     assert cell.mismatches == []
 
 
-def test_the_same_rerun_fails_in_an_ordinary_cell():
+def test_the_same_rerun_fails_in_a_cell_without_bands():
     cell = Cell()
-    assert not cell.same(stdout(*RERUN), stdout(*STORED))
-    assert cell.mismatches
+    assert not cell.same(AVX2, STORED) and cell.mismatches
 
 
-def test_a_number_out_of_tolerance_fails_in_an_approx_cell():
-    cell = Cell(tags=["nbval-approx"])
-    assert not cell.same(stdout(*DRIFTED), stdout(*STORED))
+def test_a_number_out_of_its_band_fails():
+    drifted = stdout(*training_log([(1.1490, 0.551, 0.755, 9.7, 6186.0), (0.5321, 0.799, 0.700, 11.4, 5263.0)]))
+    cell = Cell(BANDS)
+    assert not cell.same(drifted, STORED)
     (key, stored, computed), = cell.mismatches
-    assert key == "stdout" and "0.790" in computed and "0.812" in stored
+    assert key == "stdout" and "0.700" in computed and "0.812" in stored
 
 
-def test_a_changed_word_fails_in_an_approx_cell():
-    cell = Cell(tags=["nbval-approx"])
-    assert not cell.same(stdout(*RERUN[:-1], RERUN[-1].replace("cpu", "cuda")), stdout(*STORED))
+def test_a_changed_word_or_an_extra_output_fails():
+    cpu_to_cuda = AVX2[:-1] + stdout(AVX2[-1].text.strip().replace("cpu", "cuda"))
+    assert not Cell(BANDS).same(cpu_to_cuda, STORED)
+    assert not Cell(BANDS).same(AVX2 + [nbformat.v4.new_output("stream", name="stderr", text="warning\n")],
+                                STORED)
 
 
-def test_an_extra_or_missing_output_fails_in_an_approx_cell():
-    cell = Cell(tags=["nbval-approx"])
-    extra = [{"output_type": "stream", "name": "stderr", "text": "warning\n"}]
-    assert not cell.same(stdout(*RERUN) + extra, stdout(*STORED))
-    assert not Cell(tags=["nbval-approx"]).same(stdout(*RERUN), stdout(*STORED) + extra)
+def test_an_extra_epoch_fails_although_its_numbers_are_close():
+    three = stdout(*training_log([(1.1484, 0.552, 0.753, 3.3, 18283.0), (0.5335, 0.797, 0.812, 2.8, 21506.0),
+                                  (0.5335, 0.797, 0.812, 2.8, 21506.0)]))
+    assert not Cell(BANDS).same(three, STORED)
 
 
-def test_rich_results_are_compared_with_tolerance_too():
-    def result(text):
-        return [{"output_type": "execute_result", "execution_count": 3, "metadata": {},
-                 "data": {"text/plain": text}}]
-
-    cell = Cell(tags=["nbval-approx"])
-    assert cell.same(result("tensor([0.8123, 0.0415])"), result("tensor([0.8100, 0.0400])"))
-    assert not cell.same(result("tensor([0.8123, 0.0415])"), result("tensor([0.7900, 0.0400])"))
-    assert not Cell().same(result("tensor([0.8123, 0.0415])"), result("tensor([0.8100, 0.0400])"))
+def test_rich_results_are_compared_within_their_bands_too():
+    stored = result("tensor([0.8100, 0.0400])")
+    bands = cell_bands(stored, {"v": result("tensor([0.8123, 0.0415])")}, {}, sanitize).bands
+    assert Cell(bands).same(result("tensor([0.8123, 0.0415])"), stored)
+    assert not Cell(bands).same(result("tensor([0.7900, 0.0400])"), stored)
 
 
-# --- end to end: pytest --nbval on a small notebook -------------------------------------------
+def test_bands_measured_around_other_stored_outputs_are_refused_as_stale():
+    stored_again = stdout(*training_log([(1.1484, 0.552, 0.753, 3.3, 18283.0), (0.5335, 0.797, 0.815, 2.8, 21506.0)]))
+    with pytest.raises(StaleCalibration, match="make outputs"):
+        align_outputs(AVX2, stored_again, BANDS, sanitize)
 
-def test_pytest_nbval_accepts_and_rejects_the_right_cells(tmp_path):
-    def code(source, text, tags=()):
-        return nbformat.v4.new_code_cell(source, metadata={"tags": list(tags)}, outputs=[
-            nbformat.v4.new_output("stream", name="stdout", text=text)])
 
-    cells = {
-        "approx-close": code('print("loss 0.5012 acc 0.811")', "loss 0.5000 acc 0.810\n",
-                             ["nbval-approx"]),
-        "approx-far": code('print("loss 0.5400 acc 0.811")', "loss 0.5000 acc 0.810\n",
-                           ["nbval-approx"]),
-        "approx-words": code('print("loss 0.5000 accuracy 0.810")', "loss 0.5000 acc 0.810\n",
-                             ["nbval-approx"]),
-        "approx-timing": code('print(f"{12.3:7.1f} s  {4862:9,.0f}/s  0.812")',
-                              "    3.3 s     18,283/s  0.810\n", ["nbval-approx"]),
-        "exact-close": code('print("loss 0.5012")', "loss 0.5000\n"),
-        "exact-same": code('print("(1, 6, 28, 28)")', "(1, 6, 28, 28)\n"),
-    }
-    for count, cell in enumerate(cells.values(), start=1):
-        cell.execution_count = count  # nbval refuses stored outputs of a cell never run
-    notebook = nbformat.v4.new_notebook(cells=list(cells.values()))
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                       "language": "python"}
-    nbformat.write(notebook, tmp_path / "cells.ipynb")
-    (tmp_path / "conftest.py").write_text((PROJECT / "conftest.py").read_text())
-    env = {**os.environ, "D2L_RESULTS_DIR": str(tmp_path / "results")}
-    run = subprocess.run(
+# --- end to end: calibrate a small notebook, then pytest --nbval under a variant ----------------
+
+SOURCES = {
+    "parameters": "SEED = 0",
+    "moving": ('import os\nthreads = int(os.environ.get("D2L_THREADS", "1"))\n'
+               'print(f"loss {0.5 + 0.01 * threads + 0.001 * SEED:.4f}")'),
+    "exact": 'print(f"shape (1, 6, 28, 28), seed {SEED}")',
+}
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    """A three-cell notebook whose stored outputs come from a run, calibrated by the real command."""
+    from nbclient import NotebookClient
+
+    folder = tmp_path_factory.mktemp("calibrate")
+    cells = [nbformat.v4.new_code_cell(source) for source in SOURCES.values()]
+    cells[0].metadata["tags"] = ["parameters"]
+    nb = nbformat.v4.new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    env = {k: v for k, v in os.environ.items() if k != "D2L_THREADS"}
+    NotebookClient(nb, kernel_name="python3").execute(env=env)
+    path = folder / "tiny.ipynb"
+    nbformat.write(nb, path)
+    outcome, = calibrate([path], runs_dir=folder / "runs", sanitize_file=SANITIZE, jobs=2, timeout=300)
+    return folder, path, outcome
+
+
+def test_calibrate_writes_a_band_where_a_variant_moved_a_number_and_says_how_it_measured(calibrated):
+    _, path, outcome = calibrated
+    assert outcome.error is None and outcome.problems == []
+    nb = nbformat.read(path, as_version=4)
+    moving, exact = nb.cells[1], nb.cells[2]
+    band, = moving.metadata[METADATA_KEY]["bands"]
+    # stored 0.5100; threads-2 gives 0.5200 and the seeds 0.5110 and 0.5120, all runs counted
+    assert band["stored"] == "0.5100" and band["max_deviation"] == pytest.approx(0.01)
+    assert band["tolerance"] >= 0.01 and moving.metadata[METADATA_KEY]["runs"] == 8
+    assert METADATA_KEY not in exact.metadata  # only seeds changed it: stays exact
+    how = nb.metadata[CALIBRATION_KEY]
+    assert set(how["variants"]) >= {"aten-default", "aten-avx2", "onednn-avx2", "mkl-compatible",
+                                    "threads-2", "seed-1", "seed-2"}
+    assert how["date"] and how["machine"] and "4 x its standard deviation" in how["rule"]
+    assert [c.outputs for c in nb.cells] == [c.outputs for c in nbformat.read(
+        calibrated[0] / "runs" / "tiny" / "aten-avx2.ipynb", as_version=4).cells]
+
+
+def run_nbval(folder: Path, notebook: Path, **env: str) -> subprocess.CompletedProcess:
+    (folder / "conftest.py").write_text((PROJECT / "conftest.py").read_text())
+    return subprocess.run(
         [sys.executable, "-m", "pytest", "--nbval", "--nbval-current-env",
-         f"--nbval-sanitize-with={SANITIZE}", "-p", "no:cacheprovider", "--junitxml=report.xml",
-         "-q", "cells.ipynb"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    outcome = junit_outcomes(tmp_path / "report.xml")
-    assert len(outcome) == len(cells), run.stdout + run.stderr
-    assert dict(zip(cells, outcome)) == {
-        "approx-close": "passed", "approx-far": "failed", "approx-words": "failed",
-        "approx-timing": "passed", "exact-close": "failed", "exact-same": "passed",
-    }, run.stdout
+         f"--nbval-sanitize-with={SANITIZE}", "-p", "no:cacheprovider", "-q", notebook.name],
+        cwd=folder, env={**os.environ, "D2L_RESULTS_DIR": str(folder / "results"), **env},
+        capture_output=True, text=True, timeout=300)
 
 
-def junit_outcomes(path: Path) -> list[str]:
-    """passed/failed of each test case, in the order of the report."""
-    import xml.etree.ElementTree as ET
+def test_pytest_nbval_passes_under_the_calibrated_variant(calibrated):
+    folder, path, _ = calibrated
+    done = run_nbval(folder, path, D2L_THREADS="2")
+    assert done.returncode == 0, done.stdout[-3000:]
 
-    cases = ET.parse(path).getroot().iter("testcase")
-    return ["failed" if case.find("failure") is not None or case.find("error") is not None
-            else "passed" for case in cases]
+
+def test_pytest_nbval_fails_beyond_the_band(calibrated):
+    folder, path, _ = calibrated
+    done = run_nbval(folder, path, D2L_THREADS="9")  # loss 0.5900: far outside the measured band
+    assert done.returncode == 1 and "0.5900" in done.stdout, done.stdout[-3000:]
+
+
+def test_calibrate_refuses_what_is_not_a_notebook(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a notebook"):
+        calibrate([tmp_path / "missing.ipynb"], sanitize_file=SANITIZE)

@@ -123,3 +123,24 @@ def test_papermill_sees_every_name_the_parameters_cell_sets(path):
     assigned = assigned_names(cell.source)
     seen = list(inspect_notebook(str(path)))
     assert seen == assigned, f"papermill reads {seen} from a cell that sets {assigned}"
+
+
+# --- the nbval tolerances ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_the_tolerances_were_measured_around_the_stored_outputs(path):
+    """``make outputs`` without ``make calibrate`` afterwards leaves bands around old numbers."""
+    from d2l_utils.notebooks import CALIBRATION_KEY
+    from d2l_utils.tolerance import METADATA_KEY, Band, align_outputs, sanitizer
+
+    sanitize = sanitizer((ROOT / "tests" / "sanitize.cfg").read_text())
+
+    nb = nbformat.read(path, as_version=4)
+    assert CALIBRATION_KEY in nb.metadata, f"run `make calibrate NOTEBOOKS={path.relative_to(ROOT)}`"
+    assert {"date", "machine", "variants", "rule"} <= set(nb.metadata[CALIBRATION_KEY])
+    for cell in nb.cells:
+        assert "nbval-approx" not in tags(cell), "the tolerances now come from the calibration"
+        if METADATA_KEY in cell.metadata:
+            bands = [Band.from_metadata(b) for b in cell.metadata[METADATA_KEY]["bands"]]
+            assert bands and all(b.tolerance >= b.max_deviation for b in bands)
+            align_outputs(cell.outputs, cell.outputs, bands, sanitize)  # raises when stale
