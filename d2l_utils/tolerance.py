@@ -16,9 +16,10 @@ The rule, for a number that some numerics variant moved::
 where the standard deviation and the deviations are those of every run made
 for the calibration, the stored one included. A number that no numerics
 variant moved (a shape, a count, a from-scratch check that is exact by
-construction) has no band and is compared letter by letter. Seeds widen only
-the bands of numbers that numerics already move: a seed changes what a
-training run reaches, not what a shape is.
+construction) has no band and is compared letter by letter. Seeds count only
+in cells where some numerics variant moved a number (training logs): there
+every number a seed moves gets a band, since another processor may move it
+too; elsewhere a seed changes what is printed (the seed itself), not a result.
 """
 
 from __future__ import annotations
@@ -186,11 +187,14 @@ def cell_bands(stored: Sequence[Any], numerics: Mapping[str, Sequence[Any]],
         found = _numbers_if_same_words(ref, fields(outputs, sanitize))
         if not isinstance(found, str):
             by_seed.append(found)
+    # A cell in which some variant moved a number is numerically sensitive (a training log):
+    # there every number a seed moves gets a band too, since another processor may move it.
+    sensitive = any(run[i] != n for run in moved_by_numerics for i, n in enumerate(ref_numbers))
     for i, stored_number in enumerate(ref_numbers):
-        under_numerics = [run[i] for run in moved_by_numerics]
-        if all(n == stored_number for n in under_numerics):
+        others = [run[i] for run in moved_by_numerics] + ([run[i] for run in by_seed] if sensitive else [])
+        if all(n == stored_number for n in others):
             continue
-        result.bands.append(band_for(i, stored_number, under_numerics + [run[i] for run in by_seed]))
+        result.bands.append(band_for(i, stored_number, others))
     return result
 
 
