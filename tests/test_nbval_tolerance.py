@@ -166,6 +166,17 @@ def test_the_same_rerun_fails_in_a_cell_without_bands():
     assert not cell.same(AVX2, STORED) and cell.mismatches
 
 
+def test_timings_of_other_widths_pass_in_a_cell_without_bands():
+    """An epoch of 9.8 s and one of 10.1 s are padded differently; nbval must not see it."""
+    rows = [(1.1484, 0.552, 0.753, 9.8, 980.0), (0.5335, 0.797, 0.812, 9.9, 12345.0)]
+    slower = [(*row[:3], 10.1, 65.0) for row in rows]
+    assert History.format_row(EpochStats(1, *rows[0])) != History.format_row(EpochStats(1, *slower[0]))
+    cell = Cell()
+    assert cell.same(stdout(*training_log(slower)), stdout(*training_log(rows)))
+    assert cell.same(stdout("took 9.6 s"), stdout("took 10.4 s"))
+    assert cell.mismatches == []
+
+
 def test_a_number_out_of_its_band_fails():
     drifted = stdout(*training_log([(1.1490, 0.551, 0.755, 9.7, 6186.0), (0.5321, 0.799, 0.700, 11.4, 5263.0)]))
     cell = Cell(BANDS)
