@@ -344,18 +344,21 @@ def _validation_split(labels: torch.Tensor, size: int) -> tuple[torch.Tensor, to
 
 def load_splits(batch_size: int, resize: int | None = None, *, device: torch.device | str = "cpu",
                 validation: int = 5000, standardize: bool = True, seed: int = 0,
-                train_size: int | None = None, root: str | os.PathLike | None = None) -> Splits:
+                train_size: int | None = None, test_size: int | None = None,
+                root: str | os.PathLike | None = None) -> Splits:
     """Fashion-MNIST as the recipe uses it: training batches (shuffled), a fixed
     class-balanced validation set held out of the training images, and all 10,000
     test images; standardised with the training pixels' mean and std.
 
-    ``train_size`` takes a random subset of the remaining training images (for tests).
+    ``train_size`` and ``test_size`` take random subsets of the remaining training
+    images and of the test images (for tests: a chapter's results use them all).
     """
     if type(validation) is not int or validation < 10:
         raise ValueError(f"validation must be an int of at least 10 images; got {validation!r}")
     data = read_fashion_mnist(root)
     val_index, train_index = _validation_split(data.train_labels, validation)
     train = _subset(data.train_images[train_index], data.train_labels[train_index], train_size, seed)
+    test = _subset(data.test_images, data.test_labels, test_size, seed + 1)
     device = torch.device(device)
     normalize = (PIXEL_MEAN, PIXEL_STD) if standardize else None
     background = -PIXEL_MEAN / PIXEL_STD if standardize else 0.0
@@ -365,7 +368,7 @@ def load_splits(batch_size: int, resize: int | None = None, *, device: torch.dev
                        normalize=normalize, **kwargs)
     return Splits(batches(*train, shuffle=True, seed=seed),
                   batches(data.train_images[val_index], data.train_labels[val_index]),
-                  batches(data.test_images, data.test_labels), device, background)
+                  batches(*test), device, background)
 
 
 def _install_with_apt() -> bool:

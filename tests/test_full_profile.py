@@ -23,7 +23,7 @@ from d2l_utils.notebooks import run_notebooks
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 # One thread, so that this file and the other pytest worker's notebook share two cores fairly.
-SHRINK = {"EPOCHS": 1, "STEPS": 20, "TRAIN_SIZE": 256, "TEST_SIZE": 256, "THREADS": 1}
+SHRINK = {"EPOCHS": 1, "STEPS": 20, "TRAIN_SIZE": 256, "VAL_SIZE": 100, "TEST_SIZE": 256, "THREADS": 1}
 # The classic input side of the full recipe, as the chapters' issue fixes it; 28 elsewhere.
 CLASSIC_SIDE = {"07": 224, "08": 224, "09": 224, "10": 96, "12": 96, "13": 96}
 

@@ -154,6 +154,15 @@ def test_the_pixel_statistics_are_those_of_the_training_images():
     assert images.std().item() == pytest.approx(PIXEL_STD, abs=5e-5)
 
 
+def test_subsets_for_tests_shrink_the_training_and_test_images_not_the_validation_split():
+    full, small = load_splits(500), load_splits(500, train_size=300, test_size=200, validation=100)
+    assert small.sizes == {"train": 300, "val": 100, "test": 200}
+    assert torch.equal(small.test.labels, load_splits(500, test_size=200).test.labels)
+    # the 200 test images are among the 10,000, as they are
+    where = {bytes(img.to(torch.uint8).numpy()) for img in full.test.images}
+    assert all(bytes(img.to(torch.uint8).numpy()) in where for img in small.test.images)
+
+
 @pytest.mark.parametrize("validation", [5, 5001, 100.0])
 def test_a_validation_size_that_cannot_be_balanced_is_refused(validation):
     with pytest.raises(ValueError, match="validation"):
