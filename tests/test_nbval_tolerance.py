@@ -19,7 +19,7 @@ import pytest
 from nbval.plugin import IPyNbCell, get_sanitize_patterns, nocolors
 
 from d2l_utils import EpochStats, History
-from d2l_utils.notebooks import CALIBRATION_KEY, calibrate
+from d2l_utils.notebooks import CALIBRATION_KEY, NUMERICS_VARIANTS, SEED_VARIANTS, calibrate
 from d2l_utils.tolerance import (METADATA_KEY, SIGMAS, Band, StaleCalibration, align_outputs,
                                  band_for, cell_bands, fields, sanitizer, split_numbers)
 
@@ -247,10 +247,12 @@ def test_calibrate_writes_a_band_where_a_variant_moved_a_number_and_says_how_it_
     band, = moving.metadata[METADATA_KEY]["bands"]
     # stored 0.5100; threads-2 gives 0.5200 and the seeds 0.5110 and 0.5120, all runs counted
     assert band["stored"] == "0.5100" and band["max_deviation"] == pytest.approx(0.01)
-    assert band["tolerance"] >= 0.01 and moving.metadata[METADATA_KEY]["runs"] == 8
+    # every run counts: the stored one, each numerics variant and each seed
+    assert len(NUMERICS_VARIANTS) == 6 and len(SEED_VARIANTS) == 2
+    assert band["tolerance"] >= 0.01 and moving.metadata[METADATA_KEY]["runs"] == 1 + 6 + 2
     assert METADATA_KEY not in exact.metadata  # only seeds changed it: stays exact
     how = nb.metadata[CALIBRATION_KEY]
-    assert set(how["variants"]) >= {"aten-default", "aten-avx2", "onednn-avx2", "mkl-compatible",
+    assert set(how["variants"]) >= {"aten-default", "aten-avx2", "onednn-avx2", "avx2", "mkl-compatible",
                                     "threads-2", "seed-1", "seed-2"}
     assert how["date"] and how["machine"] and "4 x its standard deviation" in how["rule"]
     assert [c.outputs for c in nb.cells] == [c.outputs for c in nbformat.read(
