@@ -166,7 +166,16 @@ def record_run(history: History, *, chapter: str, model: str, net: nn.Module, pr
 
 
 def load_runs(directory: str | os.PathLike | None = None) -> list[dict]:
-    """Every run record below ``directory`` (default: the results folder), sorted by path."""
+    """Every run record below ``directory`` (default: the results folder), sorted by path.
+
+    Each has a ``test_acc``: the test accuracy scored once when training ended, or, for a
+    run that was tested after every epoch, the last epoch's.
+    """
     base = Path(directory) if directory is not None else results_dir()
-    return [json.loads(p.read_text()) | {"path": str(p.relative_to(base))}
-            for p in sorted(base.glob("**/*.json"))]
+    runs = []
+    for p in sorted(base.glob("**/*.json")):
+        run = json.loads(p.read_text()) | {"path": str(p.relative_to(base))}
+        if run.get("test_acc") is None:
+            run["test_acc"] = run["final"].get("test_acc")
+        runs.append(run)
+    return runs

@@ -156,8 +156,22 @@ def test_load_runs_reads_every_record_back_sorted_by_path(history, tmp_path):
     assert [r["path"] for r in runs] == ["full/cuda/06_lenet--lenet.json",
                                          "quick/cpu/06_lenet--lenet.json",
                                          "quick/cpu/08_vgg--vgg-11.json"]
-    assert runs[1] == json.loads(written[1].read_text()) | {"path": "quick/cpu/06_lenet--lenet.json"}
+    assert runs[1] == json.loads(written[1].read_text()) | {"path": "quick/cpu/06_lenet--lenet.json",
+                                                            "test_acc": runs[1]["final"]["test_acc"]}
     assert runs[2]["model"] == "vgg-11" and runs[0]["device"] == "cuda"
+
+
+def test_load_runs_gives_every_record_its_test_accuracy(history, tmp_path):
+    """A run tested once at the end keeps its score; one tested every epoch takes its last epoch's."""
+    per_epoch = record_run(history, chapter="06_lenet", model="lenet", net=net(), profile=PROFILE,
+                           hparams=HPARAMS, directory=tmp_path)
+    history.test_acc = 0.9123
+    once = record_run(history, chapter="06_lenet", model="lenet-once", net=net(), profile=PROFILE,
+                      hparams=HPARAMS, directory=tmp_path)
+    assert "test_acc" not in json.loads(per_epoch.read_text())
+    by_model = {r["model"]: r for r in load_runs(tmp_path)}
+    assert by_model["lenet"]["test_acc"] == history.epochs[-1].test_acc is not None
+    assert by_model["lenet-once"]["test_acc"] == 0.9123 != history.epochs[-1].test_acc
 
 
 def test_load_runs_defaults_to_the_results_folder(history, results_in_tmp):
