@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 from selenium import webdriver
+from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -311,3 +312,20 @@ def test_search_for_inception_finds_the_googlenet_chapter(browser, site_url):
         'return [...document.querySelectorAll("#search-results ul.search li a")].map(a => a.href);')
     pages = sorted({without_fragment(url) for url in found})
     assert page_url(site_url, googlenet) in pages, f"search for Inception ({summary!r}) lists {pages}"
+
+
+def test_a_worked_solution_is_hidden_until_the_reader_opens_it(browser, site_url):
+    """Chapter 6's solution to the 3x3-kernel exercise: closed at first, then its prose and output."""
+    lenet = next((c for c in NOTEBOOK_CHAPTERS if c.endswith("06_lenet")), None)
+    assert lenet is not None, "_toc.yml has no LeNet chapter"
+    browser.get(page_url(site_url, lenet))
+    find = ('return [...document.querySelectorAll("div.solution.dropdown")]'
+            '.find(d => d.querySelector(\'.admonition-title a[href="#lenet-3x3"]\'));')
+    solution = WebDriverWait(browser, TIMEOUT).until(lambda b: b.execute_script(find),
+                                                    "no hidden solution names the exercise lenet-3x3")
+    content = solution.find_element(By.CSS_SELECTOR, "section#solution-content")
+    assert not content.is_displayed(), "the solution is shown before the reader opens it"
+    solution.find_element(By.CSS_SELECTOR, ".admonition-title").click()
+    WebDriverWait(browser, TIMEOUT).until(lambda b: content.is_displayed(), "clicking its title does not open it")
+    text = content.text
+    assert "61,610" in text and "layer_summary" in text, f"the opened solution shows: {text[:300]!r}"
