@@ -115,7 +115,7 @@ def test_removing_a_vgg_block_fails_at_the_shape_table(tmp_path):
 
 def test_a_lower_dropout_probability_fails_at_vggs_training_log(tmp_path):
     path, _ = mutated_copy(tmp_path, VGG, "nn.Dropout(p=0.5)", "nn.Dropout(p=0.1)")
-    assert failed_cell(run_nbval(path)) == first_code_cell_with(VGG, "history = train_classifier(")
+    assert failed_cell(run_nbval(path)) == first_code_cell_with(VGG, "history = fit(")
 
 
 def test_rescaling_the_data_fails_at_the_pixel_statistics(tmp_path):

@@ -210,3 +210,33 @@ def test_a_validated_run_records_its_sizes_test_accuracy_and_every_prediction(tr
     digits = record["test_predictions"]
     assert len(digits) == 10000 and [int(d) for d in digits[:50]] == history.predictions[:50].tolist()
     assert "val_acc" in record["final"] and record["final"]["test_acc"] is None
+
+
+def test_channels_last_changes_the_layout_of_the_weights_not_what_the_network_computes():
+    torch.manual_seed(0)
+    def two_convs():
+        return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(),
+                             nn.Flatten(), nn.Linear(4 * 24 * 24, 10))
+    plain, shuffled = two_convs(), two_convs()
+    shuffled.load_state_dict(plain.state_dict())
+    recipe = Recipe(epochs=1, lr=0.05, translate=0, flip=False)
+    fit(plain, load_splits(64, train_size=512, test_size=64, validation=100), recipe, verbose=False)
+    fit(shuffled, load_splits(64, train_size=512, test_size=64, validation=100), Recipe(**recipe.settings() | {"channels_last": True}), verbose=False)
+    conv = shuffled[3]
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not conv.weight.is_contiguous()
+    for a, b in zip(plain.parameters(), shuffled.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-3)  # rounding, after 8 steps
+
+
+@pytest.mark.parametrize("schedule", ["one-cycle", "cosine", "constant"])
+def test_a_run_of_one_or_two_steps_still_gets_a_schedule(schedule):
+    for steps in (1, 2):
+        optimizer = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
+        scheduler = Recipe(epochs=1, lr=0.1, schedule=schedule).make_scheduler(optimizer, steps)
+        rates = []
+        for _ in range(steps):
+            optimizer.step()
+            scheduler.step()
+            rates.append(optimizer.param_groups[0]["lr"])
+        assert all(0 <= r <= 0.1 + 1e-12 for r in rates), (schedule, steps, rates)
