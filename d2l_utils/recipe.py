@@ -14,8 +14,8 @@ Its ingredients, each a small piece a chapter can switch off to see what it buys
   cosine decay to almost zero), warm-up then cosine, or constant;
 - optionally, test-time augmentation: each test image scored with its mirror image;
 - optionally, the network's weights in ``channels_last`` memory layout (channels
-  innermost), which oneDNN's convolutions on a CPU and the tensor cores of a GPU run
-  faster; the numbers it computes are the same up to rounding.
+  innermost), for which oneDNN has faster convolutions on a CPU; the numbers it
+  computes are the same up to rounding.
 """
 
 from __future__ import annotations

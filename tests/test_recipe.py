@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -213,19 +214,23 @@ def test_a_validated_run_records_its_sizes_test_accuracy_and_every_prediction(tr
 
 
 def test_channels_last_changes_the_layout_of_the_weights_not_what_the_network_computes():
-    torch.manual_seed(0)
     def two_convs():
         return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(),
                              nn.Flatten(), nn.Linear(4 * 24 * 24, 10))
-    plain, shuffled = two_convs(), two_convs()
-    shuffled.load_state_dict(plain.state_dict())
+
+    def splits():  # a fresh copy each time: the same shuffled batches for both runs
+        return load_splits(64, train_size=512, test_size=64, validation=100)
+
+    torch.manual_seed(0)
+    plain, channels_last = two_convs(), two_convs()
+    channels_last.load_state_dict(plain.state_dict())
     recipe = Recipe(epochs=1, lr=0.05, translate=0, flip=False)
-    fit(plain, load_splits(64, train_size=512, test_size=64, validation=100), recipe, verbose=False)
-    fit(shuffled, load_splits(64, train_size=512, test_size=64, validation=100), Recipe(**recipe.settings() | {"channels_last": True}), verbose=False)
-    conv = shuffled[3]
+    fit(plain, splits(), recipe, verbose=False)
+    fit(channels_last, splits(), dataclasses.replace(recipe, channels_last=True), verbose=False)
+    conv = channels_last[3]
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert not conv.weight.is_contiguous()
-    for a, b in zip(plain.parameters(), shuffled.parameters()):
+    for a, b in zip(plain.parameters(), channels_last.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-3)  # rounding, after 8 steps
 
 
