@@ -121,8 +121,13 @@ class Recipe:
         return asdict(self)
 
     def table(self) -> str:
-        """The settings as a two-column Markdown table."""
-        rows = [f"| {name.replace('_', ' ')} | {value} |" for name, value in self.settings().items()]
+        """The settings as a two-column Markdown table.
+
+        The memory layout changes the speed, not the training, so its row appears only when a
+        recipe asks for channels-last weights.
+        """
+        rows = [f"| {name.replace('_', ' ')} | {value} |" for name, value in self.settings().items()
+                if name != "channels_last" or value]
         return "\n".join(["| setting | value |", "|---|---|", *rows])
 
     def make_optimizer(self, net: nn.Module) -> torch.optim.Optimizer:

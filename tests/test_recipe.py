@@ -127,6 +127,8 @@ def test_the_settings_print_as_a_markdown_table():
     table = Recipe(epochs=3, lr=0.05).table().splitlines()
     assert table[:2] == ["| setting | value |", "|---|---|"]
     assert "| epochs | 3 |" in table and "| lr | 0.05 |" in table and "| label smoothing | 0.1 |" in table
+    assert not any(row.startswith("| channels last") for row in table)
+    assert "| channels last | True |" in Recipe(epochs=3, channels_last=True).table().splitlines()
 
 
 # --- the validation split ------------------------------------------------------------------------
