@@ -43,3 +43,44 @@ def pytest_configure(config):
 
     IPyNbCell.compare_outputs = compare_outputs
     IPyNbCell._bands_installed = True
+
+
+def _stored_seconds(path) -> float:
+    """How long a notebook's stored run took, from its cells' execution times."""
+    import json
+    from datetime import datetime
+
+    try:
+        cells = json.loads(open(path, encoding="utf-8").read())["cells"]
+    except (OSError, ValueError, KeyError):
+        return 0.0
+    total = 0.0
+    for cell in cells:
+        run = cell.get("metadata", {}).get("execution", {})
+        try:
+            start = datetime.fromisoformat(run["iopub.execute_input"].replace("Z", "+00:00"))
+            end = datetime.fromisoformat(run["shell.execute_reply"].replace("Z", "+00:00"))
+        except (KeyError, ValueError):
+            continue
+        total += (end - start).total_seconds()
+    return total
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Longest files first. With ``-n 2 --dist loadfile`` each worker takes whole files in
+    this order, so the long ones (the notebooks that train, the test modules that run
+    notebooks, which say how long they take in ``RUN_SECONDS``) start early and the short
+    ones fill the end, instead of one long file running alone at the end. The cells of a
+    notebook and the tests of a module keep their order."""
+    groups: dict[str, list] = {}
+    for item in items:
+        groups.setdefault(str(item.path), []).append(item)
+
+    def seconds(path: str) -> float:
+        first = groups[path][0]
+        if path.endswith(".ipynb"):
+            return _stored_seconds(path)
+        return float(getattr(getattr(first, "module", None), "RUN_SECONDS", 0))
+
+    order = sorted(groups, key=lambda path: -seconds(path))  # stable: ties keep their order
+    items[:] = [item for path in order for item in groups[path]]

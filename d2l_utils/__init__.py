@@ -6,7 +6,8 @@ from .data import (CLASS_NAMES, PIXEL_MEAN, PIXEL_STD, Batches, CorruptDataError
 from .plot import plot_confusion, plot_history, show_cams, show_feature_maps, show_filters, show_images
 from .profile import DEVICES, PROFILES, Profile, choose_device, choose_profile, device_name, seed_everything
 from .recipe import Augment, Recipe, augment_batch, fit, weight_decay_groups
-from .results import code_version, load_runs, project_results_dir, record_run, results_dir
+from .results import (code_version, find_run, load_runs, project_results_dir, read_run, record_run,
+                      results_dir, runs_table)
 from .summary import (class_activation_map, count_macs, count_parameters, feature_maps, layer_summary,
                       network_depth, receptive_fields)
 from .train import (EpochStats, History, Timer, accuracy, confusion_matrix, evaluate_accuracy,
@@ -22,7 +23,8 @@ __all__ = [
     "plot_confusion", "plot_history", "show_cams", "show_feature_maps", "show_filters", "show_images",
     "DEVICES", "PROFILES", "Profile", "choose_device", "choose_profile", "device_name",
     "seed_everything",
-    "code_version", "load_runs", "project_results_dir", "record_run", "results_dir",
+    "code_version", "find_run", "load_runs", "project_results_dir", "record_run", "results_dir",
+    "read_run", "runs_table",
     "class_activation_map", "count_macs", "count_parameters", "feature_maps", "layer_summary",
     "network_depth", "receptive_fields",
     "EpochStats", "History", "Timer", "accuracy", "confusion_matrix", "evaluate_accuracy",

@@ -23,7 +23,7 @@ from .summary import count_macs, count_parameters, network_depth
 from .train import History
 
 __all__ = ["results_dir", "project_results_dir", "code_version", "record_run", "load_runs", "run_overrides",
-           "variant_name"]
+           "variant_name", "find_run", "read_run", "runs_table"]
 
 # Set by ``python -m d2l_utils run`` for the notebooks it executes: the
 # parameters given with -p, as JSON. A run with overrides is a variant of the
@@ -172,10 +172,42 @@ def load_runs(directory: str | os.PathLike | None = None) -> list[dict]:
     run that was tested after every epoch, the last epoch's.
     """
     base = Path(directory) if directory is not None else results_dir()
-    runs = []
-    for p in sorted(base.glob("**/*.json")):
-        run = json.loads(p.read_text()) | {"path": str(p.relative_to(base))}
-        if run.get("test_acc") is None:
-            run["test_acc"] = run["final"].get("test_acc")
-        runs.append(run)
-    return runs
+    return [read_run(p) | {"path": str(p.relative_to(base))} for p in sorted(base.glob("**/*.json"))]
+
+
+def read_run(path: str | os.PathLike) -> dict:
+    """One record, as ``load_runs`` gives it (``path`` is the file's own path here)."""
+    run = json.loads(Path(path).read_text()) | {"path": str(path)}
+    if run.get("test_acc") is None:
+        run["test_acc"] = run["final"].get("test_acc")
+    return run
+
+
+def find_run(runs: list[dict], model: str, overrides: dict[str, Any] | None = None) -> dict:
+    """The record of ``model`` made with exactly these runner overrides (none: the chapter's own run).
+
+    A missing record is an error that says how to make it.
+    """
+    overrides = overrides or {}
+    for run in runs:
+        if run["model"] == model and run["overrides"] == overrides:
+            return run
+    flags = " ".join(f"-p {name} {value}" for name, value in overrides.items())
+    known = sorted({run["model"] for run in runs})
+    raise LookupError(f"no record of {model!r} with overrides {overrides} among {len(runs)} records "
+                      f"(models: {', '.join(known) or 'none'}); make it with `python -m d2l_utils run "
+                      f"notebooks/<chapter>.ipynb --profile quick --device cpu {flags}`".replace("  ", " "))
+
+
+def runs_table(rows: dict[str, dict]) -> str:
+    """Records side by side, one row each: parameters, epochs, final train and validation
+    accuracy, and the test accuracy scored once at the end. ``rows`` maps a label to a record
+    (from ``load_runs``, ``find_run`` or ``read_run``)."""
+    width = max(len("run"), *map(len, rows)) + 1
+    lines = [f"{'run':<{width}} {'parameters':>10} {'epochs':>6} {'train acc':>9} {'val acc':>7} {'test acc':>8}"]
+    for label, run in rows.items():
+        final = run["final"]
+        val = f"{final['val_acc']:>7.3f}" if final.get("val_acc") is not None else f"{'-':>7}"
+        lines.append(f"{label:<{width}} {run['parameters']:>10,} {len(run['epochs']):>6} "
+                     f"{final['train_acc']:>9.3f} {val} {run['test_acc']:>8.3f}")
+    return "\n".join(lines)

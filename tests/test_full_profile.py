@@ -21,6 +21,9 @@ from d2l_utils import load_runs
 from d2l_utils.notebooks import run_notebooks
 
 ROOT = Path(__file__).resolve().parents[1]
+# About how long this module takes on one thread of a 2-core machine (every chapter runs once under the full profile),
+# measured on 2026-12-03; conftest.py starts the longest files first.
+RUN_SECONDS = 750
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 # One thread, so that this file and the other pytest worker's notebook share two cores fairly.
 SHRINK = {"EPOCHS": 1, "STEPS": 20, "TRAIN_SIZE": 256, "VAL_SIZE": 100, "TEST_SIZE": 256, "THREADS": 1}

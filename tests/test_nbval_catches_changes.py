@@ -23,6 +23,9 @@ import nbformat
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# About how long this module takes on one thread of a 2-core machine (each case runs a chapter up to the cell that must fail),
+# measured on 2026-12-03; conftest.py starts the longest files first.
+RUN_SECONDS = 850
 NOTEBOOKS = ROOT / "notebooks"
 
 

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 import d2l_utils
-from d2l_utils import (EpochStats, History, Profile, code_version, device_name, load_runs, record_run,
-                       results_dir)
+from d2l_utils import (EpochStats, History, Profile, code_version, device_name, find_run, load_runs,
+                       record_run, results_dir, runs_table)
 from d2l_utils import results as d2l_results
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -208,3 +208,33 @@ def test_overrides_that_are_not_a_json_object_are_an_error(monkeypatch, text):
     monkeypatch.setenv("D2L_RUN_OVERRIDES", text)
     with pytest.raises(ValueError, match="D2L_RUN_OVERRIDES must hold a JSON object"):
         d2l_results.run_overrides()
+
+
+def test_find_run_picks_the_record_by_model_and_exact_overrides(history, tmp_path, monkeypatch):
+    record_run(history, chapter="06_lenet", model="lenet", net=net(), profile=PROFILE,
+               hparams=HPARAMS, directory=tmp_path)
+    monkeypatch.setenv(d2l_results.OVERRIDES_ENV, json.dumps({"EPOCHS": 10}))
+    record_run(history, chapter="06_lenet", model="lenet", net=net(), profile=PROFILE,
+               hparams=HPARAMS | {"epochs": 10}, directory=tmp_path)
+    runs = load_runs(tmp_path)
+    assert find_run(runs, "lenet")["overrides"] == {}
+    assert find_run(runs, "lenet", {"EPOCHS": 10})["hparams"]["epochs"] == 10
+    with pytest.raises(LookupError, match=r"no record of 'lenet' with overrides \{'EPOCHS': 3\}.*-p EPOCHS 3"):
+        find_run(runs, "lenet", {"EPOCHS": 3})
+    with pytest.raises(LookupError, match="models: lenet"):
+        find_run(runs, "vgg")
+
+
+def test_runs_table_lines_up_one_row_per_record(history, tmp_path):
+    history.test_acc = 0.9123
+    path = record_run(history, chapter="06_lenet", model="lenet", net=net(), profile=PROFILE,
+                      hparams=HPARAMS, directory=tmp_path)
+    run = load_runs(tmp_path)[0]
+    assert d2l_results.read_run(path) == run | {"path": str(path)}
+    with_val = run | {"final": run["final"] | {"val_acc": 0.8}}
+    lines = runs_table({"LeNet": run, "a longer label": with_val}).splitlines()
+    assert [len(line) for line in lines] == [len(lines[0])] * 3
+    assert lines[0].split() == ["run", "parameters", "epochs", "train", "acc", "val", "acc", "test", "acc"]
+    assert lines[1].split() == ["LeNet", "23", "2", "0.810", "-", "0.912"]
+    assert lines[2].split() == ["a", "longer", "label", "23", "2", "0.810", "0.800", "0.912"]
+    assert path.exists()
