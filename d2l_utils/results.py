@@ -192,11 +192,11 @@ def find_run(runs: list[dict], model: str, overrides: dict[str, Any] | None = No
     for run in runs:
         if run["model"] == model and run["overrides"] == overrides:
             return run
-    flags = " ".join(f"-p {name} {value}" for name, value in overrides.items())
+    command = ["python -m d2l_utils run notebooks/<chapter>.ipynb --profile quick --device cpu"]
+    command += [f"-p {name} {value}" for name, value in overrides.items()]
     known = sorted({run["model"] for run in runs})
     raise LookupError(f"no record of {model!r} with overrides {overrides} among {len(runs)} records "
-                      f"(models: {', '.join(known) or 'none'}); make it with `python -m d2l_utils run "
-                      f"notebooks/<chapter>.ipynb --profile quick --device cpu {flags}`".replace("  ", " "))
+                      f"(models: {', '.join(known) or 'none'}); make it with `{' '.join(command)}`")
 
 
 def runs_table(rows: dict[str, dict]) -> str:
