@@ -49,9 +49,10 @@ def _stored_seconds(path) -> float:
     """How long a notebook's stored run took, from its cells' execution times."""
     import json
     from datetime import datetime
+    from pathlib import Path
 
     try:
-        cells = json.loads(open(path, encoding="utf-8").read())["cells"]
+        cells = json.loads(Path(path).read_text(encoding="utf-8"))["cells"]
     except (OSError, ValueError, KeyError):
         return 0.0
     total = 0.0
