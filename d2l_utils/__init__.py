@@ -3,6 +3,8 @@
 from .data import (CLASS_NAMES, PIXEL_MEAN, PIXEL_STD, Batches, CorruptDataError, DataNotFoundError,
                    FashionMNIST, Splits, fetch_fashion_mnist, find_fashion_mnist, load_fashion_mnist,
                    load_splits, read_fashion_mnist)
+from .distributed import (BACKENDS, DistributedRunError, ShardedBatches, World, choose_backend,
+                          fit_data_parallel, init_distributed, launch)
 from .plot import plot_confusion, plot_history, show_cams, show_feature_maps, show_filters, show_images
 from .profile import DEVICES, PROFILES, Profile, choose_device, choose_profile, device_name, seed_everything
 from .recipe import Augment, Recipe, augment_batch, fit, weight_decay_groups
@@ -19,6 +21,8 @@ __all__ = [
     "CLASS_NAMES", "PIXEL_MEAN", "PIXEL_STD", "Batches", "CorruptDataError", "DataNotFoundError",
     "FashionMNIST", "Splits", "fetch_fashion_mnist", "find_fashion_mnist", "load_fashion_mnist",
     "load_splits", "read_fashion_mnist",
+    "BACKENDS", "DistributedRunError", "ShardedBatches", "World", "choose_backend", "fit_data_parallel",
+    "init_distributed", "launch",
     "Augment", "Recipe", "augment_batch", "fit", "weight_decay_groups",
     "plot_confusion", "plot_history", "show_cams", "show_feature_maps", "show_filters", "show_images",
     "DEVICES", "PROFILES", "Profile", "choose_device", "choose_profile", "device_name",

@@ -105,7 +105,7 @@ def _write_atomically(path: Path, text: str) -> None:
 
 def record_run(history: History, *, chapter: str, model: str, net: nn.Module, profile: Profile,
                hparams: dict[str, Any], directory: str | os.PathLike | None = None,
-               sizes: dict[str, int] | None = None) -> Path:
+               sizes: dict[str, int] | None = None, world=None) -> Path:
     """Write ``<results>/<profile>/<device>/<chapter>--<model>.json`` and return its path.
 
     ``hparams`` holds the settings that shaped the run (epochs, batch size,
@@ -118,6 +118,9 @@ def record_run(history: History, *, chapter: str, model: str, net: nn.Module, pr
     a run validated every epoch also records its test accuracy, scored once after
     training, and the predicted class of every test image as one string of
     digits (``test_predictions``), so that two models can be compared image by image.
+
+    ``world`` (a ``d2l_utils.distributed.World``) marks a data-parallel run: the record
+    then gives its number of processes (``world_size``) and their ``backend``.
     """
     if not history.epochs:
         raise ValueError("the history is empty: train before recording the run")
@@ -146,6 +149,8 @@ def record_run(history: History, *, chapter: str, model: str, net: nn.Module, pr
         "final": epochs[-1],
         "wall_time": history.wall_time,
     }
+    if world is not None:
+        record["world_size"], record["backend"] = world.world_size, world.backend
     if sizes is not None:
         record["sizes"] = dict(sizes)
     if history.test_acc is not None:

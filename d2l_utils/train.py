@@ -110,6 +110,10 @@ def evaluate_loss(net: nn.Module, data_iter: Iterable, loss_fn: Callable | None 
 
 
 def _evaluate(net, data_iter, device=None, loss_fn=None, flip=False, keep_predictions=False):
+    if isinstance(net, nn.parallel.DistributedDataParallel):
+        # Its forward would exchange buffers with the other processes; an evaluation needs no
+        # exchange, since the weights are the same in every process.
+        net = net.module
     device = device or _device_of(net)
     was_training = net.training
     net.eval()
@@ -237,14 +241,18 @@ def train_classifier(net: nn.Module, train_iter, test_iter=None, *, epochs: int,
                      device: torch.device | str | None = None, verbose: bool = True,
                      progress: bool | None = None, val_iter=None, scheduler=None,
                      augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                     flip_test: bool = False) -> History:
+                     flip_test: bool = False,
+                     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> History:
     """Train ``net`` for ``epochs`` epochs, evaluating it after each.
 
     Without ``val_iter`` each epoch is scored on ``test_iter``. With it, each
     epoch is scored on the validation set and ``test_iter`` (if given) once at
     the end, with every test prediction kept (``flip_test`` averages each test
     image with its mirror image). ``scheduler`` is stepped after every batch;
-    ``augment`` transforms each training batch on the device.
+    ``augment`` transforms each training batch on the device. ``reduce`` sums a
+    tensor over the processes of a data-parallel run (see ``d2l_utils.distributed``):
+    each epoch's loss, correct predictions and example count are then those of
+    every process together, and a non-finite loss stops every process alike.
 
     Prints one line per epoch (when ``verbose``). Loss and accuracy sums stay on
     the device until the epoch ends, so a GPU is never stalled batch by batch.
@@ -285,6 +293,10 @@ def train_classifier(net: nn.Module, train_iter, test_iter=None, *, epochs: int,
             n += len(y)
         _synchronize(device)
         seconds = timer.stop()
+        if reduce is not None:
+            totals = reduce(torch.stack([loss_sum.double(), correct.double(),
+                                         torch.tensor(float(n), dtype=torch.float64, device=device)]))
+            loss_sum, correct, n = totals[0], totals[1].long(), int(totals[2])
         if not torch.isfinite(loss_sum):
             raise FloatingPointError(f"the training loss became {loss_sum.item()} in epoch {epoch}: "
                                      "lower the learning rate or check the model's initialisation")
