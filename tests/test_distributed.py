@@ -32,8 +32,12 @@ STEPS, BATCH = 10, 256
 # two processes compute the same gradient, but the sum over the batch is split in two and
 # its halves averaged: the additions happen in another order, so the last bits of a
 # float32 (about 1e-7 of the value) differ, and every step carries these differences into
-# the next. Measured: at most 1.1e-6 after 20 steps; the weights themselves move by more
-# than 1e-2 in these steps (checked below), so a wrong split would be far outside.
+# the next, where training amplifies them (chapter 15 shows them staying near the rounding
+# for some steps, then jumping by orders of magnitude when a ReLU or a max-pooling window
+# decides differently, and reaching the size of the weights within 60 steps): hence only
+# ten steps.
+# Measured: at most 1.1e-6 after 20 steps; the weights themselves move by more than 1e-2
+# in ten steps (checked below), so a wrong split would be far outside.
 WEIGHT_ATOL = 1e-4
 
 SCRIPT = '''
