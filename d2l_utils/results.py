@@ -114,6 +114,10 @@ def record_run(history: History, *, chapter: str, model: str, net: nn.Module, pr
     file name ends in them (``...--lenet--batch_size-64.json``) and the record
     lists them under ``overrides``.
 
+    ``parameters`` counts the trainable scalars (those the optimiser updates) and
+    ``parameters_total`` every scalar, frozen ones included: a network whose
+    normalisation layers have a frozen scale and shift has fewer of the first.
+
     ``sizes`` gives the training, validation and test set sizes (``Splits.sizes``);
     a run validated every epoch also records its test accuracy, scored once after
     training, and the predicted class of every test image as one string of
@@ -169,7 +173,9 @@ def load_runs(directory: str | os.PathLike | None = None) -> list[dict]:
     """Every run record below ``directory`` (default: the results folder), sorted by path.
 
     Each has a ``test_acc``: the test accuracy scored once when training ended, or, for a
-    run that was tested after every epoch, the last epoch's.
+    run that was tested after every epoch, the last epoch's; and a ``parameters_total``, which
+    is None in records written before the total was recorded (their ``parameters`` counts the
+    trainable scalars only).
     """
     base = Path(directory) if directory is not None else results_dir()
     return [read_run(p) | {"path": str(p.relative_to(base))} for p in sorted(base.glob("**/*.json"))]
@@ -178,6 +184,7 @@ def load_runs(directory: str | os.PathLike | None = None) -> list[dict]:
 def read_run(path: str | os.PathLike) -> dict:
     """One record, as ``load_runs`` gives it (``path`` is the file's own path here)."""
     run = json.loads(Path(path).read_text()) | {"path": str(path)}
+    run.setdefault("parameters_total", None)  # unknown in the older records
     if run.get("test_acc") is None:
         run["test_acc"] = run["final"].get("test_acc")
     return run

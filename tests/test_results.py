@@ -81,6 +81,34 @@ def test_a_record_counts_the_multiply_accumulates_for_the_trained_input_shape(hi
     assert record["threads"] == 1
 
 
+def test_a_record_counts_the_trainable_parameters_and_all_of_them(history, tmp_path):
+    frozen = net()
+    frozen[0].weight.requires_grad_(False)  # 12 of the 23 scalars stay as they are
+    record = json.loads(record_run(history, chapter="11_batch_norm", model="frozen", net=frozen,
+                                   profile=PROFILE, hparams=HPARAMS, directory=tmp_path).read_text())
+    assert record["parameters"] == 11 and record["parameters_total"] == 23
+
+
+def test_an_older_record_without_a_total_reads_with_the_total_unknown(history, tmp_path):
+    path = record_run(history, chapter="06_lenet", model="lenet", net=net(), profile=PROFILE,
+                      hparams=HPARAMS, directory=tmp_path)
+    older = json.loads(path.read_text())
+    del older["parameters_total"]
+    path.write_text(json.dumps(older))
+    [run] = load_runs(tmp_path)
+    assert run["parameters"] == 23 and run["parameters_total"] is None
+    assert d2l_results.read_run(path)["parameters_total"] is None
+
+
+def test_every_committed_record_reads_with_a_total_no_smaller_than_its_trainable_count():
+    runs = load_runs(PROJECT / "results")
+    assert runs, "no committed records under results/"
+    for run in runs:
+        assert run["parameters"] > 0, run["path"]
+        assert run["parameters_total"] is None or run["parameters_total"] >= run["parameters"], run["path"]
+    assert any(run["parameters_total"] is not None for run in runs)
+
+
 def test_records_go_to_d2l_results_dir_by_default(history, results_in_tmp):
     assert results_dir() == results_in_tmp
     path = record_run(history, chapter="06_lenet", model="lenet", net=net(), profile=PROFILE,
