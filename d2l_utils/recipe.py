@@ -58,13 +58,15 @@ def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | 
     device = torch.device(device)
     if precision == "float32" or (precision == "auto" and device.type != "cuda"):
         return None
+    # Native only: an older GPU (a T4) runs bfloat16 emulated, not on its tensor cores.
+    native_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
     if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if native_bf16 else torch.float16
     if not torch.amp.is_autocast_available(device.type):
         raise ValueError(f"precision={precision!r}: PyTorch has no autocast on {device.type}; "
                          "use precision='float32' there")
-    if precision == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError("precision='bfloat16': this GPU has no bfloat16 arithmetic; "
+    if precision == "bfloat16" and device.type == "cuda" and not native_bf16:
+        raise ValueError("precision='bfloat16': this GPU has no native bfloat16 (only emulated); "
                          "use precision='float16' (with gradient scaling) or 'auto'")
     return getattr(torch, precision)
 

@@ -261,11 +261,20 @@ def test_the_table_shows_precision_and_compilation_only_when_a_recipe_asks_for_t
 def test_auto_precision_is_float32_off_a_cuda_gpu_and_mixed_on_one(monkeypatch):
     assert autocast_dtype("auto", "cpu") is None and autocast_dtype("float32", "cpu") is None
     assert autocast_dtype("bfloat16", "cpu") == torch.bfloat16  # named: on any device autocast supports
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    asked = []
+
+    def bf16_supported(native):  # a GPU with bfloat16 tensor cores, or one that can only emulate it
+        def is_bf16_supported(including_emulation=True):
+            asked.append(including_emulation)
+            return native or including_emulation
+        return is_bf16_supported
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", bf16_supported(True))
     assert autocast_dtype("auto", "cuda") == torch.bfloat16
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
-    assert autocast_dtype("auto", "cuda") == torch.float16  # an older GPU (a T4): float16
-    with pytest.raises(ValueError, match="no bfloat16.*use precision='float16'"):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", bf16_supported(False))
+    assert autocast_dtype("auto", "cuda") == torch.float16  # an older GPU (a T4): float16, not emulation
+    assert set(asked) == {False}
+    with pytest.raises(ValueError, match="no native bfloat16.*use precision=.float16."):
         autocast_dtype("bfloat16", "cuda")
 
 
