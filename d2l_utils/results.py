@@ -150,6 +150,8 @@ def record_run(history: History, *, chapter: str, model: str, net: nn.Module, pr
         "final": epochs[-1],
         "wall_time": history.wall_time,
     }
+    if history.precision is not None:  # a mixed-precision run says so; float32 runs keep the old form
+        record["precision"] = history.precision
     if sizes is not None:
         record["sizes"] = dict(sizes)
     if history.test_acc is not None:
