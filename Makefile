@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 READY  := $(VENV)/.requirements-installed
 
-.PHONY: book test unit site nbval data browser setup outputs calibrate run clean
+.PHONY: book test unit site nbval data browser setup outputs calibrate run full-runs clean
 
 book: data
 	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going
@@ -49,6 +49,12 @@ DEVICE  ?= auto
 PARAMS  ?=
 run: data
 	$(PY) -m d2l_utils run $(NOTEBOOKS) --profile $(PROFILE) --device $(DEVICE) $(PARAMS)
+
+# The full profile of every chapter on a CUDA GPU, in reading order; each run's record goes to
+# results/full/cuda/ (the comparison chapter, run last, reads them):
+#   make full-runs
+full-runs: data
+	$(PY) -m d2l_utils full-runs $(PARAMS)
 
 data: setup
 	$(PY) -m d2l_utils fetch-data

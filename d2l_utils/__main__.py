@@ -2,6 +2,8 @@
 
     python -m d2l_utils fetch-data
     python -m d2l_utils run notebooks/06_lenet.ipynb --profile full --device cuda -p EPOCHS 5
+    python -m d2l_utils full-runs                 # every chapter's full profile on a CUDA GPU
+    python -m d2l_utils full-estimates            # the estimated GPU time of each chapter's full run
     python -m d2l_utils store-outputs notebooks/06_lenet.ipynb
     python -m d2l_utils calibrate notebooks/06_lenet.ipynb
 """
@@ -31,6 +33,17 @@ def main(argv: list[str] | None = None) -> int:
                      metavar=("NAME", "VALUE"), help="override a notebook parameter")
     run.add_argument("--output-dir", default="_build/runs")
 
+    full = commands.add_parser("full-runs", help="run the full profile of every chapter (or of the "
+                               "notebooks named) on a GPU; the records go to results/full/<device>/")
+    full.add_argument("notebooks", nargs="*", help="paths of .ipynb files (default: every chapter)")
+    full.add_argument("--device", default="cuda", choices=[d for d in DEVICES if d != "auto"])
+    full.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
+                      metavar=("NAME", "VALUE"), help="override a notebook parameter")
+    full.add_argument("--output-dir", default="_build/runs")
+
+    commands.add_parser("full-estimates", help="print the estimated GPU time of each chapter's full run "
+                        "(a Markdown table, the one in the README)")
+
     store = commands.add_parser("store-outputs", help="re-run notebooks (quick profile, CPU) and save "
                                 "their outputs in place")
     store.add_argument("notebooks", nargs="+", help="paths of .ipynb files")
@@ -52,13 +65,17 @@ def main(argv: list[str] | None = None) -> int:
             print(err, file=sys.stderr)
             return 1
         print(f"Fashion-MNIST verified in {directory}")
-    elif args.command == "run":
-        from .notebooks import parse_value, run_notebooks
+    elif args.command in ("run", "full-runs"):
+        from .notebooks import parse_value, run_full_profile, run_notebooks
         parameters = {name: parse_value(value) for name, value in args.parameter}
         try:
-            outcomes = run_notebooks(args.notebooks, profile=args.profile, device=args.device,
-                                     parameters=parameters, output_dir=args.output_dir)
-        except (ValueError, FileNotFoundError) as err:
+            if args.command == "run":
+                outcomes = run_notebooks(args.notebooks, profile=args.profile, device=args.device,
+                                         parameters=parameters, output_dir=args.output_dir)
+            else:
+                outcomes = run_full_profile(args.notebooks, device=args.device, parameters=parameters,
+                                            output_dir=args.output_dir)
+        except (ValueError, FileNotFoundError, RuntimeError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         failed = [o for o in outcomes if o.error]
@@ -67,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
                   + (f"\n       {o.error}" if o.error else ""))
         print(f"{len(outcomes) - len(failed)} passed, {len(failed)} failed")
         return 1 if failed else 0
+    elif args.command == "full-estimates":
+        from .estimate import estimates_table
+        print(estimates_table())
     elif args.command == "store-outputs":
         from .notebooks import store_outputs
         for path in args.notebooks:

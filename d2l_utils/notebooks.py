@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["store_outputs", "run_notebooks", "RunOutcome", "parse_value", "check_run_request",
+__all__ = ["store_outputs", "run_notebooks", "run_full_profile", "chapter_notebooks", "RunOutcome", "parse_value", "check_run_request",
            "calibrate", "bands_from_runs", "Calibration", "NUMERICS_VARIANTS", "SEED_VARIANTS"]
 
 
@@ -117,6 +117,35 @@ def run_notebooks(notebooks: list[str | os.PathLike], *, profile: str, device: s
         else:
             os.environ[OVERRIDES_ENV] = previous
     return outcomes
+
+
+def chapter_notebooks(folder: str | os.PathLike = "notebooks") -> list[Path]:
+    """Every chapter's notebook in ``folder``, in reading order (``NN_topic.ipynb``)."""
+    found = sorted(Path(folder).glob("[0-9][0-9]_*.ipynb"))
+    if not found:
+        raise FileNotFoundError(f"no chapter notebooks (NN_topic.ipynb) in {folder}: run this from the "
+                                "repository's root")
+    return found
+
+
+def run_full_profile(notebooks: list[str | os.PathLike] | None = None, *, device: str = "cuda",
+                     parameters: dict[str, Any] | None = None,
+                     output_dir: str | os.PathLike = "_build/runs") -> list[RunOutcome]:
+    """Run the ``full`` profile of every chapter (or of ``notebooks``), in reading order, on ``device``.
+
+    Each training run writes its record to ``results/full/<device>/`` (or under
+    $D2L_RESULTS_DIR); the comparison chapter, run last, reads them. Asking for CUDA on a
+    machine without a CUDA GPU is refused before anything runs.
+    """
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("the full profile is meant for a CUDA GPU, and PyTorch sees none here. "
+                           "Run it on a machine with one (or in Colab with a GPU runtime); to try the "
+                           "command elsewhere, pass --device cpu with small settings, for example "
+                           "-p EPOCHS 1 (records then go to results/full/cpu/)")
+    paths = [Path(p) for p in notebooks] if notebooks else chapter_notebooks()
+    return run_notebooks(paths, profile="full", device=device, parameters=parameters, output_dir=output_dir)
 
 
 def _run_one(path: Path, output: Path, profile: str, device: str,

@@ -23,7 +23,7 @@ from .summary import count_macs, count_parameters, network_depth
 from .train import History
 
 __all__ = ["results_dir", "project_results_dir", "code_version", "record_run", "load_runs", "run_overrides",
-           "variant_name", "find_run", "read_run", "runs_table"]
+           "variant_name", "find_run", "read_run", "runs_table", "runs_frame", "RECIPE_SIZES"]
 
 # Set by ``python -m d2l_utils run`` for the notebooks it executes: the
 # parameters given with -p, as JSON. A run with overrides is a variant of the
@@ -114,6 +114,10 @@ def record_run(history: History, *, chapter: str, model: str, net: nn.Module, pr
     file name ends in them (``...--lenet--batch_size-64.json``) and the record
     lists them under ``overrides``.
 
+    ``parameters`` counts the trainable scalars (those the optimiser updates) and
+    ``parameters_total`` every scalar, frozen ones included: a network whose
+    normalisation layers have a frozen scale and shift has fewer of the first.
+
     ``sizes`` gives the training, validation and test set sizes (``Splits.sizes``);
     a run validated every epoch also records its test accuracy, scored once after
     training, and the predicted class of every test image as one string of
@@ -151,6 +155,8 @@ def record_run(history: History, *, chapter: str, model: str, net: nn.Module, pr
     }
     if world is not None:
         record["world_size"], record["backend"] = world.world_size, world.backend
+    if history.precision is not None:  # a mixed-precision run says so; float32 runs keep the old form
+        record["precision"] = history.precision
     if sizes is not None:
         record["sizes"] = dict(sizes)
     if history.test_acc is not None:
@@ -174,7 +180,9 @@ def load_runs(directory: str | os.PathLike | None = None) -> list[dict]:
     """Every run record below ``directory`` (default: the results folder), sorted by path.
 
     Each has a ``test_acc``: the test accuracy scored once when training ended, or, for a
-    run that was tested after every epoch, the last epoch's.
+    run that was tested after every epoch, the last epoch's; and a ``parameters_total``, which
+    is None in records written before the total was recorded (their ``parameters`` counts the
+    trainable scalars only).
     """
     base = Path(directory) if directory is not None else results_dir()
     return [read_run(p) | {"path": str(p.relative_to(base))} for p in sorted(base.glob("**/*.json"))]
@@ -183,6 +191,7 @@ def load_runs(directory: str | os.PathLike | None = None) -> list[dict]:
 def read_run(path: str | os.PathLike) -> dict:
     """One record, as ``load_runs`` gives it (``path`` is the file's own path here)."""
     run = json.loads(Path(path).read_text()) | {"path": str(path)}
+    run.setdefault("parameters_total", None)  # unknown in the older records
     if run.get("test_acc") is None:
         run["test_acc"] = run["final"].get("test_acc")
     return run
@@ -216,3 +225,66 @@ def runs_table(rows: dict[str, dict]) -> str:
         lines.append(f"{label:<{width}} {run['parameters']:>10,} {len(run['epochs']):>6} "
                      f"{final['train_acc']:>9.3f} {val} {run['test_acc']:>8.3f}")
     return "\n".join(lines)
+
+
+# The data of a run under the shared recipe of chapter 6: all 60,000 training images but the
+# 5,000 held out for validation, and all 10,000 test images.
+RECIPE_SIZES = {"train": 55_000, "val": 5_000, "test": 10_000}
+
+
+def runs_frame(runs: list[dict]):
+    """Records as a pandas ``DataFrame``, one row each, in the order given.
+
+    Columns: ``name`` (chapter number and model), ``chapter``, ``model``, ``variant``
+    (the runner's overrides as in the file name, "" for a chapter's own run),
+    ``overrides``, ``seed``, ``epochs``, the data sizes ``train_size``, ``val_size`` and
+    ``test_size`` (missing in records written before the sizes were kept), ``parameters``
+    (trainable), ``parameters_total`` (frozen ones too; missing in older records), ``macs``
+    (per image), ``depth``, ``input``, ``optimizer``, ``schedule``, ``batch_size``, ``lr``,
+    the final ``train_loss``, ``train_acc`` and ``val_acc``, ``test_acc``, ``wall_time``
+    (seconds of training), ``examples_per_sec`` (training images of all epochs over the
+    wall time; missing without sizes), ``profile``, ``device``, ``device_name``,
+    ``threads``, ``torch``, ``date``, ``recipe`` (trained under the shared recipe on
+    ``RECIPE_SIZES`` with its test predictions kept), ``test_predictions`` and ``path``.
+    """
+    import pandas as pd
+
+    rows = []
+    for run in runs:
+        hparams, sizes, final = run.get("hparams", {}), run.get("sizes") or {}, run["final"]
+        epochs = len(run["epochs"])
+        shape = run.get("input_shape")
+        rows.append({
+            "name": f"{run['chapter'][:2]} {run['model']}",
+            "chapter": run["chapter"], "model": run["model"],
+            "variant": variant_name(run.get("overrides") or {}), "overrides": run.get("overrides") or {},
+            "seed": run.get("seed"), "epochs": epochs,
+            "train_size": sizes.get("train"), "val_size": sizes.get("val"), "test_size": sizes.get("test"),
+            "parameters": run["parameters"], "parameters_total": run.get("parameters_total"),
+            "macs": run.get("macs"), "depth": run.get("depth"),
+            "input": "x".join(map(str, shape)) if shape else None,
+            "optimizer": hparams.get("optimizer"), "schedule": hparams.get("schedule"),
+            "batch_size": hparams.get("batch_size"), "lr": hparams.get("lr"),
+            "train_loss": final.get("train_loss"), "train_acc": final.get("train_acc"),
+            "val_acc": final.get("val_acc"), "test_acc": run.get("test_acc", final.get("test_acc")),
+            "wall_time": run["wall_time"],
+            "examples_per_sec": sizes["train"] * epochs / run["wall_time"] if sizes.get("train") else None,
+            "profile": run.get("profile"), "device": run.get("device"), "device_name": run.get("device_name"),
+            "threads": run.get("threads"), "torch": run.get("torch"), "date": run.get("date"),
+            "recipe": bool(hparams.get("schedule")) and sizes == RECIPE_SIZES and "test_predictions" in run,
+            "test_predictions": run.get("test_predictions"), "path": run.get("path"),
+        })
+    frame = pd.DataFrame(rows, columns=None if rows else _FRAME_COLUMNS)
+    for column in ("seed", "epochs", "train_size", "val_size", "test_size", "parameters",
+                   "parameters_total", "macs", "depth", "batch_size", "threads"):
+        frame[column] = frame[column].astype("Int64")  # whole numbers, missing where unknown
+    for column in ("lr", "train_loss", "train_acc", "val_acc", "test_acc", "wall_time", "examples_per_sec"):
+        frame[column] = frame[column].astype("Float64")
+    return frame
+
+
+_FRAME_COLUMNS = ["name", "chapter", "model", "variant", "overrides", "seed", "epochs", "train_size",
+                  "val_size", "test_size", "parameters", "parameters_total", "macs", "depth", "input",
+                  "optimizer", "schedule", "batch_size", "lr", "train_loss", "train_acc", "val_acc",
+                  "test_acc", "wall_time", "examples_per_sec", "profile", "device", "device_name",
+                  "threads", "torch", "date", "recipe", "test_predictions", "path"]

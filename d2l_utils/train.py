@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -170,6 +171,7 @@ class History:
     input_shape: tuple[int, ...] | None = None  # of one example, e.g. (1, 28, 28)
     test_acc: float | None = None  # scored once after training, when epochs were validated
     predictions: torch.Tensor | None = None  # of every test image, in order, with test_acc
+    precision: str | None = None  # how a mixed-precision run computed ("bfloat16 autocast"); None: float32
 
     HEADER = "epoch  train loss  train acc  test acc       time   examples/s"
     VAL_HEADER = "epoch  train loss  train acc   val acc       time   examples/s"
@@ -218,7 +220,10 @@ class History:
         if not self.validated:  # the records of runs without a validation set keep their old form
             for e in epochs:
                 e.pop("val_acc")
-        return {"device": self.device, "input_shape": self.input_shape, "epochs": epochs}
+        out = {"device": self.device, "input_shape": self.input_shape, "epochs": epochs}
+        if self.precision is not None:  # float32 runs keep the records' old form
+            out["precision"] = self.precision
+        return out
 
     def plot(self, ax=None, title: str | None = None):
         """Loss and accuracies against the epoch on one axis; returns the axis."""
@@ -241,7 +246,8 @@ def train_classifier(net: nn.Module, train_iter, test_iter=None, *, epochs: int,
                      device: torch.device | str | None = None, verbose: bool = True,
                      progress: bool | None = None, val_iter=None, scheduler=None,
                      augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                     flip_test: bool = False,
+                     flip_test: bool = False, autocast: torch.dtype | None = None,
+                     scaler: "torch.amp.GradScaler | None" = None,
                      reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> History:
     """Train ``net`` for ``epochs`` epochs, evaluating it after each.
 
@@ -254,6 +260,11 @@ def train_classifier(net: nn.Module, train_iter, test_iter=None, *, epochs: int,
     each epoch's loss, correct predictions and example count are then those of
     every process together, and a non-finite loss stops every process alike.
 
+    ``autocast`` (a dtype such as ``torch.bfloat16``) runs the forward passes and the loss
+    in mixed precision, evaluation included; ``scaler`` (a ``torch.amp.GradScaler``, needed
+    with float16) scales the loss before the backward pass. Without them every step is
+    plain float32.
+
     Prints one line per epoch (when ``verbose``). Loss and accuracy sums stay on
     the device until the epoch ends, so a GPU is never stalled batch by batch.
     """
@@ -264,7 +275,16 @@ def train_classifier(net: nn.Module, train_iter, test_iter=None, *, epochs: int,
     device = torch.device(device) if device is not None else _device_of(net)
     net.to(device)
     loss_fn = loss_fn or nn.CrossEntropyLoss()
+    if scaler is not None and autocast is None:
+        raise ValueError("a gradient scaler is for mixed precision: give autocast=torch.float16 with it")
+
+    def mixed():
+        return torch.autocast(device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
+
     history = History(device=device.type)
+    if autocast is not None:
+        history.precision = (f"{str(autocast).removeprefix('torch.')} autocast"
+                             + (" with gradient scaling" if scaler is not None else ""))
     if verbose:
         print(History.VAL_HEADER if val_iter is not None else History.HEADER)
     for epoch in range(1, epochs + 1):
@@ -280,11 +300,17 @@ def train_classifier(net: nn.Module, train_iter, test_iter=None, *, epochs: int,
                 history.input_shape = tuple(X.shape[1:])
             if augment is not None:
                 X = augment(X)
-            logits = net(X)
-            loss = loss_fn(logits, y)
+            with mixed():
+                logits = net(X)
+                loss = loss_fn(logits, y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if scaler is None:
+                loss.backward()
+                optimizer.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)  # skipped when a gradient overflowed
+                scaler.update()
             if scheduler is not None:
                 scheduler.step()
             with torch.no_grad():
@@ -300,18 +326,20 @@ def train_classifier(net: nn.Module, train_iter, test_iter=None, *, epochs: int,
         if not torch.isfinite(loss_sum):
             raise FloatingPointError(f"the training loss became {loss_sum.item()} in epoch {epoch}: "
                                      "lower the learning rate or check the model's initialisation")
+        with mixed():
+            held_out = evaluate_accuracy(net, val_iter if val_iter is not None else test_iter, device)
         if val_iter is not None:
             stats = EpochStats(epoch, loss_sum.item() / n, correct.item() / n, None, seconds,
-                               n / seconds, val_acc=evaluate_accuracy(net, val_iter, device))
+                               n / seconds, val_acc=held_out)
         else:
-            stats = EpochStats(epoch, loss_sum.item() / n, correct.item() / n,
-                               evaluate_accuracy(net, test_iter, device), seconds, n / seconds)
+            stats = EpochStats(epoch, loss_sum.item() / n, correct.item() / n, held_out, seconds, n / seconds)
         history.epochs.append(stats)
         if verbose:
             print(History.format_row(stats), flush=True)
     if val_iter is not None and test_iter is not None:
-        _, history.test_acc, history.predictions, _ = _evaluate(net, test_iter, device, flip=flip_test,
-                                                                keep_predictions=True)
+        with mixed():
+            _, history.test_acc, history.predictions, _ = _evaluate(net, test_iter, device, flip=flip_test,
+                                                                    keep_predictions=True)
     if verbose:
         print(history.summary())
     return history

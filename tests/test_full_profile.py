@@ -6,7 +6,9 @@ input sizes (224 or 96 pixels), full-width networks and full batch sizes, only
 with one epoch and, where the notebook has the knobs, 256 training and test
 images. The runs must finish without error and their records must say that the
 full recipe ran at the classic size. The numbers they reach are not checked:
-one epoch on a few hundred images teaches nothing.
+one epoch on a few hundred images teaches nothing. The MACs per image of each
+chapter's main network must be those from which its estimated GPU time is computed
+(d2l_utils/estimate.py).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pytest
 from papermill import inspect_notebook
 
 from d2l_utils import load_runs
+from d2l_utils.estimate import FULL_RUNS
 from d2l_utils.notebooks import run_notebooks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,3 +65,8 @@ def test_the_full_recipe_runs_at_the_classic_input_size(notebook, tmp_path, monk
         assert run["overrides"] == parameters
         assert len(run["epochs"]) == 1
         assert run["input_shape"] == [1, side, side], f"{run['model']} trained at {run['input_shape']}"
+    estimated = [r for r in FULL_RUNS if r.chapter == notebook.stem]
+    for estimate in estimated:
+        [run] = [r for r in records if r["model"] == estimate.model] or [None]
+        assert run is not None, f"no record of {estimate.model}, whose GPU time d2l_utils/estimate.py estimates"
+        assert (run["macs"], run["input_shape"]) == (estimate.macs_per_image, [1, estimate.side, estimate.side])

@@ -11,7 +11,7 @@ from torch import nn
 
 from d2l_utils import Profile, read_fashion_mnist, record_run
 from d2l_utils.data import PIXEL_MEAN, PIXEL_STD, _validation_split, load_splits
-from d2l_utils.recipe import Augment, Recipe, augment_batch, fit, weight_decay_groups
+from d2l_utils.recipe import Augment, Recipe, augment_batch, autocast_dtype, fit, weight_decay_groups
 from d2l_utils.train import predict
 
 
@@ -247,3 +247,99 @@ def test_a_run_of_one_or_two_steps_still_gets_a_schedule(schedule):
             scheduler.step()
             rates.append(optimizer.param_groups[0]["lr"])
         assert all(0 <= r <= 0.1 + 1e-12 for r in rates), (schedule, steps, rates)
+
+
+# --- what a GPU needs: mixed precision, channels-last, compilation --------------------------------
+
+def test_the_table_shows_precision_and_compilation_only_when_a_recipe_asks_for_them():
+    default = Recipe(epochs=3).table()
+    assert "precision" not in default and "compile" not in default
+    named = Recipe(epochs=3, precision="bfloat16", compile=True).table().splitlines()
+    assert "| precision | bfloat16 |" in named and "| compile | True |" in named
+
+
+def test_auto_precision_is_float32_off_a_cuda_gpu_and_mixed_on_one(monkeypatch):
+    assert autocast_dtype("auto", "cpu") is None and autocast_dtype("float32", "cpu") is None
+    assert autocast_dtype("bfloat16", "cpu") == torch.bfloat16  # named: on any device autocast supports
+    asked = []
+
+    def bf16_supported(native):  # a GPU with bfloat16 tensor cores, or one that can only emulate it
+        def is_bf16_supported(including_emulation=True):
+            asked.append(including_emulation)
+            return native or including_emulation
+        return is_bf16_supported
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", bf16_supported(True))
+    assert autocast_dtype("auto", "cuda") == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", bf16_supported(False))
+    assert autocast_dtype("auto", "cuda") == torch.float16  # an older GPU (a T4): float16, not emulation
+    assert set(asked) == {False}
+    with pytest.raises(ValueError, match="no native bfloat16.*use precision=.float16."):
+        autocast_dtype("bfloat16", "cuda")
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"precision": "half"}, "precision must be one of auto, float32, bfloat16, float16"),
+    ({"compile": "yes"}, "compile must be True or False"),
+])
+def test_a_bad_gpu_setting_is_refused_with_its_name(settings, message):
+    with pytest.raises(ValueError, match=message):
+        Recipe(epochs=1, **settings)
+
+
+def mixed_splits():
+    return load_splits(64, train_size=512, test_size=128, validation=100)
+
+
+def test_the_default_recipe_on_a_cpu_trains_in_float32_and_says_nothing_more(capsys, tmp_path):
+    torch.manual_seed(0)
+    net = small_net()
+    history = fit(net, mixed_splits(), Recipe(epochs=1, lr=0.05, translate=0, flip=False))
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("epoch  train loss"), printed[0]  # the log opens the output, as before
+    assert history.precision is None and "precision" not in history.to_dict()
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    path = record_run(history, chapter="00_test", model="float32", net=net, directory=tmp_path,
+                      profile=Profile("quick", torch.device("cpu")), hparams={})
+    assert "precision" not in json.loads(path.read_text())
+
+
+def test_bfloat16_autocast_follows_float32_training_on_the_cpu_and_the_record_says_so(capsys, tmp_path):
+    recipe = Recipe(epochs=2, lr=0.05, translate=0, flip=False)
+    torch.manual_seed(0)
+    plain = fit(small_net(), mixed_splits(), recipe, verbose=False)
+    torch.manual_seed(0)
+    net = small_net()
+    history = fit(net, mixed_splits(), dataclasses.replace(recipe, precision="bfloat16"))
+    assert capsys.readouterr().out.splitlines()[0] == "on cpu: autocast in bfloat16"
+    assert history.precision == "bfloat16 autocast"
+    assert all(p.dtype == torch.float32 for p in net.parameters())  # the weights stay float32
+    # bfloat16 keeps about three significant digits: the losses agree to about one percent
+    assert history["train_loss"] == pytest.approx(plain["train_loss"], rel=0.01)
+    assert history["train_loss"][1] < history["train_loss"][0] and len(history.predictions) == 128
+    path = record_run(history, chapter="00_test", model="bf16", net=net, directory=tmp_path,
+                      profile=Profile("full", torch.device("cpu")), hparams={})
+    assert json.loads(path.read_text())["precision"] == "bfloat16 autocast"
+
+
+def test_float16_trains_with_a_gradient_scaler(capsys):
+    torch.manual_seed(0)
+    history = fit(small_net(), mixed_splits(),
+                  Recipe(epochs=2, lr=0.05, translate=0, flip=False, precision="float16"))
+    assert capsys.readouterr().out.splitlines()[0] == "on cpu: autocast in float16, gradient scaling"
+    assert history.precision == "float16 autocast with gradient scaling"
+    assert history["train_loss"][1] < history["train_loss"][0]
+
+
+def test_compile_hands_the_network_to_torch_compile(monkeypatch, capsys):
+    compiled = []
+
+    def fake_compile(module):  # the real one needs a C++ compiler and a minute; the call is what matters
+        compiled.append(module)
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    net = small_net()
+    fit(net, mixed_splits(), Recipe(epochs=1, lr=0.05, compile=True))
+    assert compiled == [net]
+    assert capsys.readouterr().out.splitlines()[0] == "on cpu: torch.compile"

@@ -14,7 +14,7 @@ from torch import nn
 
 import d2l_utils
 from d2l_utils import (EpochStats, History, Profile, code_version, device_name, find_run, load_runs,
-                       record_run, results_dir, runs_table)
+                       record_run, results_dir, runs_frame, runs_table)
 from d2l_utils import results as d2l_results
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -79,6 +79,34 @@ def test_a_record_counts_the_multiply_accumulates_for_the_trained_input_shape(hi
     assert record["input_shape"] == [4] and record["macs"] == 4 * 3 + 3 * 2
     assert record["depth"] == 2
     assert record["threads"] == 1
+
+
+def test_a_record_counts_the_trainable_parameters_and_all_of_them(history, tmp_path):
+    frozen = net()
+    frozen[0].weight.requires_grad_(False)  # 12 of the 23 scalars stay as they are
+    record = json.loads(record_run(history, chapter="11_batch_norm", model="frozen", net=frozen,
+                                   profile=PROFILE, hparams=HPARAMS, directory=tmp_path).read_text())
+    assert record["parameters"] == 11 and record["parameters_total"] == 23
+
+
+def test_an_older_record_without_a_total_reads_with_the_total_unknown(history, tmp_path):
+    path = record_run(history, chapter="06_lenet", model="lenet", net=net(), profile=PROFILE,
+                      hparams=HPARAMS, directory=tmp_path)
+    older = json.loads(path.read_text())
+    del older["parameters_total"]
+    path.write_text(json.dumps(older))
+    [run] = load_runs(tmp_path)
+    assert run["parameters"] == 23 and run["parameters_total"] is None
+    assert d2l_results.read_run(path)["parameters_total"] is None
+
+
+def test_every_committed_record_reads_with_a_total_no_smaller_than_its_trainable_count():
+    runs = load_runs(PROJECT / "results")
+    assert runs, "no committed records under results/"
+    for run in runs:
+        assert run["parameters"] > 0, run["path"]
+        assert run["parameters_total"] is None or run["parameters_total"] >= run["parameters"], run["path"]
+    assert any(run["parameters_total"] is not None for run in runs)
 
 
 def test_records_go_to_d2l_results_dir_by_default(history, results_in_tmp):
@@ -238,3 +266,55 @@ def test_runs_table_lines_up_one_row_per_record(history, tmp_path):
     assert lines[1].split() == ["LeNet", "23", "2", "0.810", "-", "0.912"]
     assert lines[2].split() == ["a", "longer", "label", "23", "2", "0.810", "0.800", "0.912"]
     assert path.exists()
+
+
+def _recipe_run(history, tmp_path, model, predictions, **extra):
+    """A record as a run under the shared recipe writes it: sizes, a schedule, test predictions."""
+    history.test_acc, history.predictions = 0.75, torch.tensor(predictions)
+    return record_run(history, chapter="12_resnet", model=model, net=net(), profile=PROFILE,
+                      hparams=HPARAMS | {"schedule": "one-cycle"} | extra, directory=tmp_path,
+                      sizes=d2l_results.RECIPE_SIZES)
+
+
+def test_runs_frame_has_one_row_per_record_with_sizes_counts_and_speed(history, tmp_path):
+    _recipe_run(history, tmp_path, "resnet", [3, 1, 4, 1])
+    history.test_acc, history.predictions = None, None
+    record_run(history, chapter="06_lenet", model="lenet", net=net(), profile=PROFILE,
+               hparams=HPARAMS, directory=tmp_path)
+    frame = runs_frame(load_runs(tmp_path))
+    assert list(frame["name"]) == ["06 lenet", "12 resnet"]
+    resnet, lenet = frame.iloc[1], frame.iloc[0]
+    assert (resnet["train_size"], resnet["val_size"], resnet["test_size"]) == (55_000, 5_000, 10_000)
+    assert resnet["examples_per_sec"] == pytest.approx(55_000 * 2 / history.wall_time)
+    assert resnet["recipe"] and resnet["test_predictions"] == "3141" and resnet["test_acc"] == 0.75
+    assert resnet["parameters"] == resnet["parameters_total"] == 23 and resnet["epochs"] == 2
+    assert resnet["schedule"] == "one-cycle" and resnet["variant"] == "" and resnet["seed"] == 3
+    # an older record without sizes: its counts and speed are missing, not guessed
+    assert not lenet["recipe"] and frame["train_size"].isna().iloc[0]
+    assert frame["examples_per_sec"].isna().iloc[0]
+    assert lenet["test_acc"] == history.epochs[-1].test_acc
+
+
+def test_runs_frame_names_a_variant_by_its_overrides_and_reads_an_unknown_total_as_missing(
+        history, tmp_path, monkeypatch):
+    monkeypatch.setenv(d2l_results.OVERRIDES_ENV, json.dumps({"SEED": 1}))
+    path = _recipe_run(history, tmp_path, "resnet", [0, 0])
+    older = json.loads(path.read_text())
+    del older["parameters_total"]
+    path.write_text(json.dumps(older))
+    frame = runs_frame(load_runs(tmp_path))
+    assert frame["variant"].tolist() == ["seed-1"] and frame["overrides"].tolist() == [{"SEED": 1}]
+    assert frame["parameters_total"].isna().all() and frame["parameters"].tolist() == [23]
+
+
+def test_runs_frame_of_no_records_is_empty_with_the_columns():
+    frame = runs_frame([])
+    assert frame.empty and {"name", "test_acc", "parameters_total", "recipe"} <= set(frame.columns)
+
+
+def test_runs_frame_reads_every_committed_record():
+    runs = load_runs(PROJECT / "results")
+    frame = runs_frame(runs)
+    assert len(frame) == len(runs) > 0
+    recipe = frame[frame["recipe"]]
+    assert (recipe["train_size"] == 55_000).all() and recipe["test_predictions"].str.len().eq(10_000).all()

@@ -267,3 +267,25 @@ def test_timer_stop_before_start_is_an_error():
     timer.stop()
     with pytest.raises(RuntimeError):
         timer.stop()
+
+
+# --- mixed precision ---------------------------------------------------------------------------
+
+
+def test_a_gradient_scaler_scales_every_step_and_grows_while_no_gradient_overflows():
+    torch.manual_seed(0)
+    net = softmax_regression()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0, growth_interval=1)
+    history = train_classifier(net, random_batches(256, 32), random_batches(64, 32), epochs=1,
+                               optimizer=torch.optim.SGD(net.parameters(), lr=0.01), verbose=False,
+                               autocast=torch.float16, scaler=scaler)
+    assert scaler.get_scale() == 2.0 * 2 ** 8  # doubled after each of the 8 steps
+    assert history.precision == "float16 autocast with gradient scaling"
+
+
+def test_a_scaler_without_autocast_is_refused():
+    net = softmax_regression()
+    with pytest.raises(ValueError, match="give autocast=torch.float16"):
+        train_classifier(net, random_batches(64, 32), random_batches(64, 32), epochs=1,
+                         optimizer=torch.optim.SGD(net.parameters(), lr=0.01),
+                         scaler=torch.amp.GradScaler("cpu"))
