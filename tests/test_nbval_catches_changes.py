@@ -85,6 +85,8 @@ STANDARDISE = ("\nimport d2l_utils.data as _data\n"
 
 LENET = "06_lenet.ipynb"
 LENET_TRAINING = "history = train_classifier(net, train_iter, test_iter, epochs=epochs,"
+LENET_DATA = ("train_iter, test_iter = load_fashion_mnist(batch_size, device=profile.device, seed=SEED,\n"
+              "                                           train_size=TRAIN_SIZE, test_size=TEST_SIZE)")
 
 
 def test_ten_times_the_learning_rate_fails_at_the_relu_lenets_training_log(tmp_path):
@@ -98,9 +100,7 @@ def test_ten_times_the_learning_rate_fails_at_the_relu_lenets_training_log(tmp_p
 @pytest.mark.parametrize("old, new", [
     pytest.param(LENET_TRAINING, LENET_TRAINING.replace("epochs=epochs", "epochs=epochs // 2"),
                  id="epochs-halved"),
-    pytest.param("train_iter, test_iter = load_fashion_mnist(batch_size, device=profile.device, seed=SEED)",
-                 "train_iter, test_iter = load_fashion_mnist(batch_size, device=profile.device, seed=SEED)"
-                 + STANDARDISE, id="inputs-standardised"),
+    pytest.param(LENET_DATA, LENET_DATA + STANDARDISE, id="inputs-standardised"),
 ])
 def test_a_change_to_the_sigmoid_lenets_training_fails_at_its_training_log(tmp_path, old, new):
     path, _ = mutated_copy(tmp_path, LENET, old, new)
