@@ -55,6 +55,18 @@ def problems(nb) -> list[str]:
     orphans = [s["argument"] for s in solutions if s["argument"] not in labels]
     if orphans:
         issues.append(f"solutions of no exercise: {orphans}")
+    heading = next((i for i, c in enumerate(nb.cells)
+                    if c.cell_type == "markdown" and re.search(r"^## Exercises\s*$", c.source, re.M)), None)
+    if heading is None:
+        issues.append("no '## Exercises' section")
+    else:
+        listed = [c.source for c in nb.cells[heading:] if c.cell_type == "markdown"
+                  and re.search(r"^\d+\. ", c.source.split("## Exercises")[-1], re.M)
+                  and not DIRECTIVE.search(c.source + "\n")]
+        if listed:
+            issues.append(f"exercises written as a plain numbered list, without solutions: {listed[0][:80]!r}")
+        if not exercises:
+            issues.append("an Exercises section without {exercise} blocks")
     starts = sum(b["kind"] == "solution-start" for b in found)
     ends = sum(b["kind"] == "solution-end" for b in found)
     if starts != ends:
@@ -69,7 +81,8 @@ def test_every_exercise_has_one_hidden_worked_solution_after_it(path):
 
 
 def _nb(*sources: str):
-    return nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(s) for s in sources])
+    """A notebook of Markdown cells, under an Exercises heading."""
+    return nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(s) for s in ("## Exercises",) + sources])
 
 
 EXERCISE = "```{exercise}\n:label: ex-1\nDo it.\n```"
@@ -82,3 +95,7 @@ def test_the_check_finds_a_missing_a_visible_and_a_misplaced_solution():
     assert problems(_nb(EXERCISE, ":::{solution-start} ex-1\n:class: dropdown\n:::")) == \
         ["1 solution-start but 0 solution-end"]
     assert problems(_nb(EXERCISE, ":::{solution-start} ex-1\n:class: dropdown\n:::", ":::{solution-end}\n:::")) == []
+    assert "plain numbered list" in problems(_nb("1. Do this.\n2. Do that."))[0]
+    assert problems(_nb()) == ["an Exercises section without {exercise} blocks"]
+    no_section = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("Text only.")])
+    assert problems(no_section) == ["no '## Exercises' section"]
