@@ -10,7 +10,7 @@ from .profile import DEVICES, PROFILES, Profile, choose_device, choose_profile, 
 from .recipe import Augment, Recipe, augment_batch, autocast_dtype, fit, weight_decay_groups
 from .results import (code_version, find_run, load_runs, project_results_dir, read_run, record_run,
                       results_dir, runs_frame, runs_table)
-from .stats import PairedTest, correct_predictions, mcnemar
+from .stats import PairedTest, correct_predictions, decode_predictions, mcnemar
 from .summary import (class_activation_map, count_macs, count_parameters, feature_maps, layer_summary,
                       network_depth, receptive_fields)
 from .train import (EpochStats, History, Timer, accuracy, confusion_matrix, evaluate_accuracy,
@@ -30,7 +30,7 @@ __all__ = [
     "seed_everything",
     "code_version", "find_run", "load_runs", "project_results_dir", "record_run", "results_dir",
     "read_run", "runs_frame", "runs_table",
-    "PairedTest", "correct_predictions", "mcnemar",
+    "PairedTest", "correct_predictions", "decode_predictions", "mcnemar",
     "class_activation_map", "count_macs", "count_parameters", "feature_maps", "layer_summary",
     "network_depth", "receptive_fields",
     "EpochStats", "History", "Timer", "accuracy", "confusion_matrix", "evaluate_accuracy",

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-__all__ = ["PairedTest", "mcnemar", "correct_predictions"]
+__all__ = ["PairedTest", "mcnemar", "correct_predictions", "decode_predictions"]
 
 
 @dataclass(frozen=True)
@@ -71,10 +71,18 @@ def correct_predictions(predictions: str | Sequence[int] | torch.Tensor,
     ``predictions`` may be a record's ``test_predictions``: one digit per test image.
     """
     if isinstance(predictions, str):
-        predictions = np.frombuffer(predictions.encode("ascii"), dtype=np.uint8) - ord("0")
+        predictions = decode_predictions(predictions)
     predictions = np.asarray(predictions.cpu() if isinstance(predictions, torch.Tensor) else predictions)
     labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
     if predictions.shape != labels.shape:
         raise ValueError(f"{predictions.shape[0] if predictions.ndim else 0} predictions for "
                          f"{labels.shape[0] if labels.ndim else 0} labels")
     return predictions == labels
+
+
+def decode_predictions(predictions: str) -> torch.Tensor:
+    """A record's ``test_predictions`` (one digit per test image) as a tensor of class indices."""
+    if not predictions.isdigit() or not predictions.isascii():
+        raise ValueError("test_predictions must be a string of digits, one class index per test image "
+                         f"(got {predictions[:20]!r}...): read it from a run record")
+    return torch.from_numpy(np.frombuffer(predictions.encode("ascii"), dtype=np.uint8) - ord("0")).long()

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy import stats as scipy_stats
 
-from d2l_utils import correct_predictions, mcnemar
+from d2l_utils import correct_predictions, decode_predictions, mcnemar
 
 
 def pair(both: int, a_only: int, b_only: int, neither: int) -> tuple[np.ndarray, np.ndarray]:
@@ -79,3 +79,11 @@ def test_predictions_stored_as_digits_are_compared_with_the_labels():
     assert correct_predictions([0, 2], [0, 1]).tolist() == [True, False]
     with pytest.raises(ValueError, match="3 predictions for 2 labels"):
         correct_predictions("012", [0, 1])
+
+
+def test_a_records_predictions_decode_to_class_indices():
+    decoded = decode_predictions("90210")
+    assert decoded.dtype == torch.int64 and decoded.tolist() == [9, 0, 2, 1, 0]
+    for bad in ("9 1", "12a", "１２"):  # a space, a letter, full-width digits
+        with pytest.raises(ValueError, match="string of digits"):
+            decode_predictions(bad)
