@@ -60,9 +60,18 @@ def problems(nb) -> list[str]:
     if heading is None:
         issues.append("no '## Exercises' section")
     else:
-        listed = [c.source for c in nb.cells[heading:] if c.cell_type == "markdown"
-                  and re.search(r"^\d+\. ", c.source.split("## Exercises")[-1], re.M)
-                  and not DIRECTIVE.search(c.source + "\n")]
+        listed, in_solution = [], False
+        for c in nb.cells[heading:]:
+            if c.cell_type != "markdown":
+                continue
+            kinds = [m.group(1) for m in DIRECTIVE.finditer(c.source + "\n")]
+            # A numbered list inside a gated solution (its prose between solution-start and
+            # solution-end) is part of an answer, not an exercise.
+            if (not kinds and not in_solution
+                    and re.search(r"^\d+\. ", c.source.split("## Exercises")[-1], re.M)):
+                listed.append(c.source)
+            for kind in kinds:
+                in_solution = {"solution-start": True, "solution-end": False}.get(kind, in_solution)
         if listed:
             issues.append(f"exercises written as a plain numbered list, without solutions: {listed[0][:80]!r}")
         if not exercises:
@@ -96,6 +105,11 @@ def test_the_check_finds_a_missing_a_visible_and_a_misplaced_solution():
         ["1 solution-start but 0 solution-end"]
     assert problems(_nb(EXERCISE, ":::{solution-start} ex-1\n:class: dropdown\n:::", ":::{solution-end}\n:::")) == []
     assert "plain numbered list" in problems(_nb("1. Do this.\n2. Do that."))[0]
+    steps = "The answer in two steps:\n\n1. Count.\n2. Divide."
+    assert problems(_nb(EXERCISE, ":::{solution-start} ex-1\n:class: dropdown\n:::", steps,
+                        ":::{solution-end}\n:::")) == []
+    assert "plain numbered list" in problems(_nb(EXERCISE, ":::{solution-start} ex-1\n:class: dropdown\n:::",
+                                                 ":::{solution-end}\n:::", steps))[0]
     assert problems(_nb()) == ["an Exercises section without {exercise} blocks"]
     no_section = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("Text only.")])
     assert problems(no_section) == ["no '## Exercises' section"]
