@@ -4,6 +4,7 @@
     python -m d2l_utils run notebooks/06_lenet.ipynb --profile full --device cuda -p EPOCHS 5
     python -m d2l_utils full-runs                 # every chapter's full profile on a CUDA GPU
     python -m d2l_utils full-estimates            # the estimated GPU time of each chapter's full run
+    python -m d2l_utils full-measured             # the full runs measured on a GPU (results/full/cuda/)
     python -m d2l_utils store-outputs notebooks/06_lenet.ipynb
     python -m d2l_utils calibrate notebooks/06_lenet.ipynb
 """
@@ -43,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
 
     commands.add_parser("full-estimates", help="print the estimated GPU time of each chapter's full run "
                         "(a Markdown table, the one in the README)")
+    commands.add_parser("full-measured", help="print the full runs measured on a CUDA GPU, from the records "
+                        "in results/full/cuda/ (a Markdown table, the one in the README)")
 
     store = commands.add_parser("store-outputs", help="re-run notebooks (quick profile, CPU) and save "
                                 "their outputs in place")
@@ -87,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "full-estimates":
         from .estimate import estimates_table
         print(estimates_table())
+    elif args.command == "full-measured":
+        from .estimate import measured_table
+        print(measured_table())
     elif args.command == "store-outputs":
         from .notebooks import store_outputs
         for path in args.notebooks:

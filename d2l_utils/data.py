@@ -8,6 +8,7 @@ per-image transforms and no worker processes.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
@@ -196,6 +197,13 @@ def bilinear_matrix(n_in: int, n_out: int, device: torch.device | str = "cpu") -
     return A.to(device=device, dtype=torch.float32)
 
 
+def _no_autocast(device: torch.device):
+    """A context in which mixed precision (``torch.autocast``) is off on ``device``."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 class Batches:
     """Mini-batches of (images, labels) drawn from tensors that already sit on the device.
 
@@ -248,7 +256,10 @@ class Batches:
             self._matrices[key] = (A / 255, A.T.contiguous())
         left, right = self._matrices[key]
         out = self._output((len(images), self.resize, self.resize), images.device)
-        torch.matmul(left @ images.float(), right, out=out)
+        # Pixels stay float32 even when a caller evaluates under mixed precision (autocast
+        # would compute the products in bfloat16 and refuse the float32 `out`).
+        with _no_autocast(images.device):
+            torch.matmul(left @ images.float(), right, out=out)
         return out.unsqueeze(1)  # a view: while the caller holds it, `out` counts as in use
 
     def _output(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """How long the ``full`` profile of a chapter should take on a GPU: an estimate from its arithmetic.
 
-No run of the ``full`` profile on a GPU has been measured for this book, so each chapter's
-time on a GPU is estimated, and labelled as an estimate, from two things:
+Each chapter's time on a GPU is estimated, and labelled as an estimate, from two things
+(the runs measured so far, on one GPU, are the records in ``results/full/cuda/``, which
+``measured_table`` lists):
 
 - the arithmetic of its run, counted: the multiply-accumulates (MACs) of one forward pass
   of one image (``count_macs``), times 3 for each training image (the backward pass
@@ -29,9 +30,11 @@ network as small as LeNet costs. A faster GPU divides the time by its own rate.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 __all__ = ["RESNET50_MACS", "T4_RESNET50_IMAGES_PER_SECOND", "ASSUMED_MACS_PER_SECOND", "FullRun",
-           "FULL_RUNS", "training_macs", "estimate_gpu_seconds", "format_estimate", "estimates_table"]
+           "FULL_RUNS", "training_macs", "estimate_gpu_seconds", "format_estimate", "estimates_table",
+           "measured_runs", "measured_table", "format_measured"]
 
 RESNET50_MACS = 4_089_184_256            # count_macs(torchvision.models.resnet50(), (3, 224, 224))
 T4_RESNET50_IMAGES_PER_SECOND = 1198     # NVIDIA's figure, see the module's docstring
@@ -117,4 +120,37 @@ def estimates_table(runs: tuple[FullRun, ...] = FULL_RUNS) -> str:
                               test_passes=2 if run.flip_test else 1)
         lines.append(f"| {run.chapter} | {run.network} | {run.side}x{run.side} | {run.macs_per_image:,} "
                      f"| {run.epochs} | {total / 1e12:,.1f} | {format_estimate(run.seconds)} |")
+    return "\n".join(lines)
+
+
+def measured_runs(directory=None) -> list[dict]:
+    """The committed records of full runs on a CUDA GPU (``results/full/cuda/``), in path order."""
+    from .results import load_runs, project_results_dir
+
+    folder = Path(directory) if directory is not None else project_results_dir() / "full" / "cuda"
+    return load_runs(folder) if folder.is_dir() else []
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def format_measured(run: dict) -> str:
+    """What one measured run reached, for prose: "0.951 test accuracy after 30 epochs in 4.9 min"."""
+    return (f"{run['test_acc']:.3f} test accuracy after {len(run['epochs'])} epochs "
+            f"in {_minutes(run['wall_time'])}")
+
+
+def measured_table(runs: list[dict] | None = None) -> str:
+    """A Markdown table of the full runs measured on a GPU: one row per record."""
+    runs = measured_runs() if runs is None else runs
+    lines = ["| record | input | epochs | precision | val acc | test acc | wall time | GPU | PyTorch | date |",
+             "|---|---|---:|---|---:|---:|---:|---|---|---|"]
+    for run in runs:
+        side = run["input_shape"][-1]
+        val = run["final"].get("val_acc")
+        lines.append(f"| {Path(run['path']).stem} | {side}x{side} | {len(run['epochs'])} "
+                     f"| {run.get('precision') or 'float32'} | {'' if val is None else f'{val:.3f}'} "
+                     f"| {run['test_acc']:.3f} | {_minutes(run['wall_time'])} | {run['device_name']} "
+                     f"| {run['torch']} | {run['date'][:10]} |")
     return "\n".join(lines)

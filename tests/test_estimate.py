@@ -1,4 +1,5 @@
-"""The estimated GPU time of each chapter's full run (d2l_utils/estimate.py), where the book states it."""
+"""The estimated GPU time of each chapter's full run (d2l_utils/estimate.py), where the book states it,
+and the full runs measured on a GPU (the records in results/full/cuda/), where the book reports them."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import torchvision
 
 from d2l_utils import count_macs, load_splits
 from d2l_utils.estimate import (ASSUMED_MACS_PER_SECOND, FULL_RUNS, RESNET50_MACS, T4_RESNET50_IMAGES_PER_SECOND,
-                                estimate_gpu_seconds, estimates_table, format_estimate, training_macs)
+                                estimate_gpu_seconds, estimates_table, format_estimate, format_measured,
+                                measured_runs, measured_table, training_macs)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,3 +104,57 @@ def test_each_chapter_states_its_estimate_and_calls_it_one(run):
     assert len(stating) == 1, f"{run.chapter} should state its estimated GPU time in one Markdown cell"
     assert format_estimate(run.seconds) in stating[0] and f"{run.macs_per_image:,}" in stating[0]
     assert "an estimate, not a measurement" in stating[0]
+
+
+MEASURED = {(run["chapter"], run["model"]): run for run in measured_runs()}
+
+
+def estimate_cell(chapter: str) -> str:
+    """The chapter's note on its GPU time, with its line breaks as spaces."""
+    nb = json.loads((ROOT / "notebooks" / f"{chapter}.ipynb").read_text())
+    [text] = ["".join(c["source"]) for c in nb["cells"]
+              if c["cell_type"] == "markdown" and "full-estimates" in "".join(c["source"])]
+    return " ".join(text.split())
+
+
+@pytest.mark.parametrize("run", FULL_RUNS, ids=lambda run: run.chapter)
+def test_each_chapter_reports_its_measured_gpu_run_or_says_there_is_none(run):
+    text = estimate_cell(run.chapter)
+    measured = MEASURED.get((run.chapter, run.model))
+    if measured is None:
+        assert "no run of this chapter on a GPU has been measured" in text
+        return
+    assert format_measured(measured) in text and Path(measured["path"]).name in text
+    assert measured["device_name"] in text and measured["date"][:10] in text
+    # the run measured is the one estimated: same network, input, epochs and images
+    assert (measured["macs"], measured["input_shape"], len(measured["epochs"])) == (
+        run.macs_per_image, [1, run.side, run.side], run.epochs)
+    assert measured["sizes"] == {"train": run.train_images, "val": run.val_images, "test": run.test_images}
+    assert (measured["profile"], measured["device"], measured["overrides"]) == ("full", "cuda", {})
+
+
+def test_every_gpu_record_is_a_full_run_on_cuda_with_its_machine_named():
+    assert MEASURED, "results/full/cuda/ holds no records"
+    for run in MEASURED.values():
+        assert (run["profile"], run["device"], run["overrides"]) == ("full", "cuda", {}), run["path"]
+        assert run["device_name"] and run["torch"] and run["date"], run["path"]
+
+
+def test_the_readme_lists_the_gpu_records_as_the_command_prints_them():
+    readme = (ROOT / "README.md").read_text()
+    found = re.search(r"<!-- python -m d2l_utils full-measured -->\n(.*?)\n<!-- end -->", readme, re.S)
+    assert found, "README.md lacks the table of measured GPU runs between its two markers"
+    assert found.group(1) == measured_table(), "rerun `python -m d2l_utils full-measured` into README.md"
+
+
+def test_the_measured_table_and_sentence_come_from_the_record(tmp_path):
+    record = {"chapter": "00_x", "model": "net", "input_shape": [1, 96, 96], "epochs": [{}] * 3,
+              "final": {"val_acc": 0.91234}, "test_acc": 0.9256, "wall_time": 125.0, "precision": None,
+              "device_name": "Some GPU", "torch": "2.0", "date": "2026-01-02T03:04:05+00:00",
+              "profile": "full", "device": "cuda", "overrides": {}}
+    (tmp_path / "00_x--net.json").write_text(json.dumps(record))
+    [run] = measured_runs(tmp_path)
+    assert format_measured(run) == "0.926 test accuracy after 3 epochs in 2.1 min"
+    assert measured_table([run]).splitlines()[2] == (
+        "| 00_x--net | 96x96 | 3 | float32 | 0.912 | 0.926 | 2.1 min | Some GPU | 2.0 | 2026-01-02 |")
+    assert measured_runs(tmp_path / "absent") == []

@@ -6,7 +6,9 @@ has to move with them. Every decimal number of two to four places in the
 Markdown cells (outside maths and inline code) must appear in the printed
 outputs of the same notebook. A number quoted from elsewhere (a paper, the
 exercises' suggested settings) is written in inline code or maths, or marked
-with a trailing "(reported)" in the text.
+with a trailing "(reported)" in the text. A chapter's note on its GPU time may quote the
+run it names from results/full/cuda/ in the words of ``format_measured``, which
+tests/test_estimate.py checks against that record.
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from d2l_utils.estimate import format_measured, measured_runs
+
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 DECIMAL = re.compile(r"(?<![\w.])\d+\.\d{2,4}(?![\w.]\d)")
 NOT_PROSE = re.compile(r"\$\$.*?\$\$|\$[^$\n]*\$|`[^`\n]*`|```.*?```", re.S)
 REPORTED = re.compile(r"\d+\.\d+\s*\(reported\)")
+GPU_RECORD = re.compile(r"`results/full/cuda/([\w.-]+)\.json`")
 
 
 def printed_text(nb) -> str:
@@ -49,6 +54,10 @@ def prose_numbers(nb) -> list[tuple[int, str, str]]:
 def test_every_number_in_the_prose_is_printed_by_the_stored_run(path):
     nb = nbformat.read(path, as_version=4)
     printed = printed_text(nb)
+    gpu_runs = {Path(run["path"]).stem: run for run in measured_runs()}
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            printed += "".join("\n" + format_measured(gpu_runs[name]) for name in GPU_RECORD.findall(cell.source))
     missing = [f"cell {i}: {number} in '...{context}...'"
                for i, number, context in prose_numbers(nb) if number not in printed]
     assert not missing, ("numbers in the prose that the stored outputs do not print (re-read the "

@@ -322,6 +322,21 @@ def test_bfloat16_autocast_follows_float32_training_on_the_cpu_and_the_record_sa
     assert json.loads(path.read_text())["precision"] == "bfloat16 autocast"
 
 
+def test_mixed_precision_scores_enlarged_images_made_in_float32():
+    # The full profiles enlarge the 28-pixel images on the device, and score the validation
+    # set under autocast: the enlargement must still give float32 pixels, the same as without.
+    splits = load_splits(64, 40, train_size=256, test_size=128, validation=100)
+    plain = next(iter(splits.val))[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = next(iter(splits.val))[0]
+    assert mixed.dtype == torch.float32 and torch.equal(mixed, plain)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
+    history = fit(net, splits, Recipe(epochs=1, lr=0.05, translate=0, flip=False, precision="bfloat16"),
+                  verbose=False)
+    assert history.input_shape == (1, 40, 40) and len(history.predictions) == 128
+
+
 def test_float16_trains_with_a_gradient_scaler(capsys):
     torch.manual_seed(0)
     history = fit(small_net(), mixed_splits(),
