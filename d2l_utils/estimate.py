@@ -123,7 +123,7 @@ def estimates_table(runs: tuple[FullRun, ...] = FULL_RUNS) -> str:
     return "\n".join(lines)
 
 
-def measured_runs(directory=None) -> list[dict]:
+def measured_runs(directory: str | Path | None = None) -> list[dict]:
     """The committed records of full runs on a CUDA GPU (``results/full/cuda/``), in path order."""
     from .results import load_runs, project_results_dir
 
