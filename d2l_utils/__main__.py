@@ -123,6 +123,8 @@ def _calibrate(args: argparse.Namespace) -> int:
             widest = max(bands, key=lambda b: b.tolerance / max(abs(float(b.stored.replace(',', ''))), 1e-12))
             print(f"       code cell {cell}: {len(bands)} bands, widest +-{widest.tolerance:.3g} "
                   f"around {widest.stored} (std {widest.std:.2g})")
+        for note in o.notes or ():
+            print(f"       note: {note}")
         for problem in o.problems:
             bad += 1
             print(f"       PROBLEM {problem}")

@@ -194,6 +194,7 @@ class Calibration:
     notebook: Path
     bands: dict[int, list] | None = None      # code-cell index -> list of tolerance.Band
     problems: list[str] | None = None
+    notes: list[str] | None = None             # seed runs left out of a training cell's bands
     error: str | None = None
 
 
@@ -303,7 +304,7 @@ def bands_from_runs(path: Path, runs: dict[str, Path], sanitize) -> Calibration:
     if mismatch:
         outcome.error = f"the runs {', '.join(mismatch)} hold other code than the notebook"
         return outcome
-    outcome.bands, outcome.problems = {}, []
+    outcome.bands, outcome.problems, outcome.notes = {}, [], []
     for i, cell in enumerate(cells):
         cell.metadata.pop(tolerance.METADATA_KEY, None)
         if "tags" in cell.metadata:
@@ -316,6 +317,8 @@ def bands_from_runs(path: Path, runs: dict[str, Path], sanitize) -> Calibration:
             {name: run[i].outputs for name, run in runs.items() if name not in NUMERICS_VARIANTS},
             sanitize)
         outcome.problems += [f"code cell {i}: {p}" for p in found.problems]
+        if found.bands:
+            outcome.notes += [f"code cell {i}: {p} (left out of its bands)" for p in found.seeds_left_out]
         _check_bands_accept_the_runs(cell, i, runs, found, sanitize)
         if found.bands:
             outcome.bands[i] = found.bands

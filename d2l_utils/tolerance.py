@@ -42,7 +42,9 @@ METADATA_KEY = "d2l_tolerance"
 SKIP_COMPARE = frozenset({"metadata", "traceback", "prompt_number", "output_type", "name",
                           "execution_count", "application/vnd.jupyter.widget-view+json",
                           "image/png", "image/jpeg"})
-NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:[eE][-+]?\d+)?")
+# A sign is part of its number: "+0.0034" and "-0.0089" are two values of one printed
+# quantity (a difference, a gap), not one number behind two different words.
+NUMBER = re.compile(r"[-+]?\d+(?:,\d{3})*(?:\.\d+)?(?:[eE][-+]?\d+)?")
 SPACES = re.compile(r"[ \t]+")
 
 
@@ -145,6 +147,7 @@ class CellCalibration:
     bands: list[Band] = field(default_factory=list)
     numbers: int = 0
     problems: list[str] = field(default_factory=list)  # variants whose words differ from the stored
+    seeds_left_out: list[str] = field(default_factory=list)  # seed runs that printed other words
 
 
 def _numbers_if_same_words(ref: list[tuple[tuple, str]], run: list[tuple[tuple, str]]) -> list[str] | str:
@@ -183,9 +186,11 @@ def cell_bands(stored: Sequence[Any], numerics: Mapping[str, Sequence[Any]],
             result.problems.append(f"{name}: {found}")
         else:
             moved_by_numerics.append(found)
-    for outputs in seeds.values():
+    for name, outputs in seeds.items():
         found = _numbers_if_same_words(ref, fields(outputs, sanitize))
-        if not isinstance(found, str):
+        if isinstance(found, str):
+            result.seeds_left_out.append(f"{name}: {found}")
+        else:
             by_seed.append(found)
     # A cell in which some variant moved a number is numerically sensitive (a training log):
     # there every number a seed moves gets a band too, since another processor may move it.

@@ -78,6 +78,7 @@ def test_metadata_rounds_a_band_up_never_down():
     ("    1      0.5123", [" ", " ", ""], ["1", "0.5123"]),
     ("torch.Size([1, 16, 5, 5])", ["torch.Size([", ", ", ", ", ", ", "])"], ["1", "16", "5", "5"]),
     ("12,345 images, 1e-3", ["", " images, ", ""], ["12,345", "1e-3"]),
+    ("difference +0.0034, gap -0.0089", ["difference ", ", gap ", ""], ["+0.0034", "-0.0089"]),
 ])
 def test_text_splits_into_words_and_numbers(text, words, numbers):
     assert split_numbers(text) == (words, numbers)
@@ -111,6 +112,23 @@ def test_a_parameter_that_only_a_seed_changes_stays_exact():
     found = cell_bands(stdout("profile 'quick' on cpu (seed 0)"), {"aten-avx2": stdout("profile 'quick' on cpu (seed 0)")},
                        {"seed-1": stdout("profile 'quick' on cpu (seed 1)")}, sanitize)
     assert found.bands == [] and found.problems == []
+
+
+def test_a_difference_whose_sign_a_seed_flips_widens_its_band_instead_of_being_left_out():
+    """A printed "+0.0034" and "-0.0089" differ in value, not in words."""
+    found = cell_bands(stdout("difference +0.0034"), {"aten-avx2": stdout("difference +0.0031")},
+                       {"seed-1": stdout("difference -0.0089")}, sanitize)
+    assert found.seeds_left_out == [] and len(found.bands) == 1
+    assert found.bands[0].stored == "+0.0034" and found.bands[0].tolerance >= 0.0123
+    test, ref = align_outputs(stdout("difference -0.0050"), stdout("difference +0.0034"), found.bands, sanitize)
+    assert fields(test, str) == fields(ref, str)
+
+
+def test_a_seed_run_that_prints_other_words_is_named_as_left_out():
+    found = cell_bands(stdout("loss 0.51, worst class shirt"), {"aten-avx2": stdout("loss 0.52, worst class shirt")},
+                       {"seed-1": stdout("loss 0.55, worst class coat")}, sanitize)
+    assert found.problems == [] and len(found.bands) == 1
+    assert len(found.seeds_left_out) == 1 and found.seeds_left_out[0].startswith("seed-1: prints other words")
 
 
 def test_words_that_a_numerics_variant_changes_are_a_problem_named_by_the_variant():
