@@ -174,8 +174,11 @@ def _run_one(path: Path, output: Path, profile: str, device: str,
 # instruction set (or none), oneDNN's convolutions limited to AVX2, MKL's portable code
 # paths, and a second thread. Each is an environment variable read when PyTorch starts.
 # A processor without AVX-512 changes ATen's and oneDNN's code at once: "avx2" is that
-# machine, whose numbers are not within the spread of either change alone.
+# machine, whose numbers are not within the spread of either change alone. "native" sets
+# nothing: on the machine that stored the outputs it repeats them, and on another processor
+# (a chapter stored elsewhere) it measures what a reader with this processor will see.
 NUMERICS_VARIANTS: dict[str, dict[str, str]] = {
+    "native": {},
     "aten-default": {"ATEN_CPU_CAPABILITY": "default"},
     "aten-avx2": {"ATEN_CPU_CAPABILITY": "avx2"},
     "onednn-avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2"},

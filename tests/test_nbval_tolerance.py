@@ -266,12 +266,12 @@ def test_calibrate_writes_a_band_where_a_variant_moved_a_number_and_says_how_it_
     # stored 0.5100; threads-2 gives 0.5200 and the seeds 0.5110 and 0.5120, all runs counted
     assert band["stored"] == "0.5100" and band["max_deviation"] == pytest.approx(0.01)
     # every run counts: the stored one, each numerics variant and each seed
-    assert len(NUMERICS_VARIANTS) == 6 and len(SEED_VARIANTS) == 2
-    assert band["tolerance"] >= 0.01 and moving.metadata[METADATA_KEY]["runs"] == 1 + 6 + 2
+    assert len(NUMERICS_VARIANTS) == 7 and NUMERICS_VARIANTS["native"] == {} and len(SEED_VARIANTS) == 2
+    assert band["tolerance"] >= 0.01 and moving.metadata[METADATA_KEY]["runs"] == 1 + 7 + 2
     assert METADATA_KEY not in exact.metadata  # only seeds changed it: stays exact
     how = nb.metadata[CALIBRATION_KEY]
-    assert set(how["variants"]) >= {"aten-default", "aten-avx2", "onednn-avx2", "avx2", "mkl-compatible",
-                                    "threads-2", "seed-1", "seed-2"}
+    assert set(how["variants"]) >= {"native", "aten-default", "aten-avx2", "onednn-avx2", "avx2",
+                                    "mkl-compatible", "threads-2", "seed-1", "seed-2"}
     assert how["date"] and how["machine"] and "4 x its standard deviation" in how["rule"]
     assert [c.outputs for c in nb.cells] == [c.outputs for c in nbformat.read(
         calibrated[0] / "runs" / "tiny" / "aten-avx2.ipynb", as_version=4).cells]
