@@ -320,10 +320,9 @@ def bands_from_runs(path: Path, runs: dict[str, Path], sanitize) -> Calibration:
             {name: run[i].outputs for name, run in runs.items() if name not in NUMERICS_VARIANTS},
             sanitize)
         outcome.problems += [f"code cell {i}: {p}" for p in found.problems]
-        if found.bands:
-            outcome.notes += [f"code cell {i}: {p} (left out of its bands)" for p in found.seeds_left_out]
         _check_bands_accept_the_runs(cell, i, runs, found, sanitize)
         if found.bands:
+            outcome.notes += [f"code cell {i}: {p} (left out of its bands)" for p in found.seeds_left_out]
             outcome.bands[i] = found.bands
             cell.metadata[tolerance.METADATA_KEY] = {
                 "numbers": found.numbers, "runs": len(runs) + 1,
