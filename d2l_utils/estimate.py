@@ -107,6 +107,7 @@ FULL_RUNS = (
     FullRun("10_googlenet", "googlenet", "GoogLeNet", 96, 276_066_304, 30),
     FullRun("12_resnet", "resnet18", "ResNet-18", 96, 318_657_536, 30),
     FullRun("13_densenet", "densenet", "DenseNet", 96, 129_077_168, 30),
+    FullRun("14_modern_convolutions", "convnext-tiny", "ConvNeXt-T", 96, 816_460_032, 30),
 )
 
 
