@@ -31,9 +31,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 # One thread, so that this file and the other pytest worker's notebook share two cores fairly.
 SHRINK = {"EPOCHS": 1, "STEPS": 20, "TRAIN_SIZE": 256, "VAL_SIZE": 100, "TEST_SIZE": 256, "THREADS": 1}
 # The classic input side of the full recipe, as the chapters' issue fixes it; 28 elsewhere.
-CLASSIC_SIDE = {"07": 224, "08": 224, "09": 224, "10": 96, "12": 96, "13": 96}
-# Chapters named in full, whatever their number.
-CLASSIC_SIDE_BY_NAME = {"modern_convolutions": 96}
+CLASSIC_SIDE = {"07": 224, "08": 224, "09": 224, "10": 96, "12": 96, "13": 96, "14": 96}
 
 
 def shrunk_parameters(notebook: Path) -> dict:
@@ -61,7 +59,7 @@ def test_the_full_recipe_runs_at_the_classic_input_size(notebook, tmp_path, monk
     records = load_runs(tmp_path / "results")
     trains = "EPOCHS" in parameters  # chapters 2 to 5 train nothing worth a record
     assert bool(records) == trains, f"{notebook.name}: {len(records)} run records"
-    side = CLASSIC_SIDE_BY_NAME.get(notebook.stem[3:], CLASSIC_SIDE.get(notebook.stem[:2], 28))
+    side = CLASSIC_SIDE.get(notebook.stem[:2], 28)
     for run in records:
         assert (run["profile"], run["device"]) == ("full", "cpu")
         assert run["overrides"] == parameters

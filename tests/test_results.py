@@ -61,7 +61,7 @@ def test_record_run_writes_every_field_to_profile_device_chapter_model_json(hist
     assert record["code_version"] == code_version() != ""
     assert record["hparams"] == HPARAMS
     plain = [{k: v for k, v in asdict(s).items() if k != "val_acc"} for s in history.epochs]
-    assert record["epochs"] == plain  # no validation set: no val_acc, the form chapter 14 reads
+    assert record["epochs"] == plain  # no validation set: no val_acc, the form chapter 15 reads
     assert record["final"] == plain[-1]
     assert record["parameters_total"] == 23
     assert "sizes" not in record and "test_predictions" not in record
