@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
                            help="where the executed variants are kept (default _build/calibration)")
     calibrate.add_argument("--sanitize-with", default="tests/sanitize.cfg",
                            help="the nbval sanitizer file (default tests/sanitize.cfg)")
+    calibrate.add_argument("--keep-seed-records", action="store_true",
+                           help="copy the seed runs' records (...--seed-1.json, ...--seed-2.json) of each "
+                           "notebook calibrated without error to results/, as `run -p SEED n` would write them")
 
     args = parser.parse_args(argv)
     if args.command == "fetch-data":
@@ -106,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
 def _calibrate(args: argparse.Namespace) -> int:
     from .notebooks import calibrate
     try:
-        outcomes = calibrate(args.notebooks, runs_dir=args.runs_dir,
-                             sanitize_file=args.sanitize_with, jobs=args.jobs)
+        outcomes = calibrate(args.notebooks, runs_dir=args.runs_dir, sanitize_file=args.sanitize_with,
+                             jobs=args.jobs, keep_seed_records=args.keep_seed_records)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -125,6 +128,9 @@ def _calibrate(args: argparse.Namespace) -> int:
                   f"around {widest.stored} (std {widest.std:.2g})")
         for note in o.notes or ():
             print(f"       note: {note}")
+        if args.keep_seed_records:
+            for record in o.seed_records:
+                print(f"       kept the seed run's record {record}")
         for problem in o.problems:
             bad += 1
             print(f"       PROBLEM {problem}")

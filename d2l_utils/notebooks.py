@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +200,7 @@ class Calibration:
     problems: list[str] | None = None
     notes: list[str] | None = None             # seed runs left out of a training cell's bands
     error: str | None = None
+    seed_records: list[Path] = field(default_factory=list)  # the seed runs' records (see calibrate)
 
 
 def _variant_run(path: Path, output: Path, env: dict[str, str], seed: int | None,
@@ -233,7 +235,7 @@ def _code_cells(nb) -> list:
 
 def calibrate(notebooks: list[str | os.PathLike], *, runs_dir: str | os.PathLike = "_build/calibration",
               sanitize_file: str | os.PathLike = "tests/sanitize.cfg", jobs: int = 2,
-              timeout: float = 1800) -> list[Calibration]:
+              timeout: float = 1800, keep_seed_records: bool = False) -> list[Calibration]:
     """Measure nbval tolerances: rerun each notebook under other numerics and seeds, store bands.
 
     Each notebook runs once per entry of ``NUMERICS_VARIANTS`` and once per
@@ -244,6 +246,12 @@ def calibrate(notebooks: list[str | os.PathLike], *, runs_dir: str | os.PathLike
     in the cell's metadata; the notebook's metadata says how it was measured.
     The stored outputs themselves are never changed. A notebook with a failed
     run, or whose stored outputs change while it is calibrated, is not written.
+
+    The seed runs are variant runs like ``run ... -p SEED 1``: their records are
+    named ``...--seed-1.json``. With ``keep_seed_records`` those of a notebook whose
+    calibration succeeded are copied to ``results_dir()`` (the project's
+    ``results/`` unless $D2L_RESULTS_DIR says otherwise); ``Calibration.seed_records``
+    lists them either way.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -256,12 +264,22 @@ def calibrate(notebooks: list[str | os.PathLike], *, runs_dir: str | os.PathLike
     sanitize = tolerance.sanitizer(Path(sanitize_file).read_text())
     variants = [(name, env, None) for name, env in NUMERICS_VARIANTS.items()]
     variants += [(f"seed-{seed}", {}, seed) for seed in SEED_VARIANTS]
-    records = tempfile.mkdtemp(prefix="d2l-calibration-results-")
+    from .results import OVERRIDES_ENV, results_dir
+
+    records = Path(tempfile.mkdtemp(prefix="d2l-calibration-results-"))
     base_env = {k: v for k, v in os.environ.items() if k not in NUMERICS_ENV}
-    base_env.pop("D2L_RUN_OVERRIDES", None)
-    base_env.update(D2L_DEVICE="cpu", D2L_RESULTS_DIR=records)
+    base_env.pop(OVERRIDES_ENV, None)
+    base_env.update(D2L_DEVICE="cpu")
+
+    def env_of(path: Path, name: str, env: dict[str, str], seed: int | None) -> dict[str, str]:
+        """Each run writes its records to a folder of its own; a seed run's are named as a variant's."""
+        own = {"D2L_RESULTS_DIR": str(records / path.stem / name)}
+        if seed is not None:
+            own[OVERRIDES_ENV] = json.dumps({"SEED": seed})
+        return {**base_env, **env, **own}
+
     before = {path: path.read_bytes() for path in paths}
-    tasks = [(path, name, Path(runs_dir) / path.stem / f"{name}.ipynb", {**base_env, **env}, seed)
+    tasks = [(path, name, Path(runs_dir) / path.stem / f"{name}.ipynb", env_of(path, name, env, seed), seed)
              for path in paths for name, env, seed in variants]
     # A run on n threads takes n of the job slots: two-thread PyTorch beside other runs
     # on the same cores waits at every parallel region for a thread that is not running.
@@ -284,8 +302,17 @@ def calibrate(notebooks: list[str | os.PathLike], *, runs_dir: str | os.PathLike
             outcomes.append(Calibration(path, error="the notebook changed while it was calibrated; "
                                                     "calibrate it again"))
         else:
-            outcomes.append(bands_from_runs(path, {name: out for p, name, out, _, _ in tasks if p == path},
-                                            sanitize))
+            outcome = bands_from_runs(path, {name: out for p, name, out, _, _ in tasks if p == path}, sanitize)
+            for seed in SEED_VARIANTS:
+                folder = records / path.stem / f"seed-{seed}"
+                for record in sorted(folder.rglob("*.json")):
+                    kept = record
+                    if keep_seed_records and outcome.error is None:
+                        kept = results_dir() / record.relative_to(folder)
+                        kept.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copyfile(record, kept)
+                    outcome.seed_records.append(kept)
+            outcomes.append(outcome)
     return outcomes
 
 

@@ -236,6 +236,11 @@ SOURCES = {
     "moving": ('import os\nthreads = int(os.environ.get("D2L_THREADS", "1"))\n'
                'print(f"loss {0.5 + 0.01 * threads + 0.001 * SEED:.4f}")'),
     "exact": 'print(f"shape (1, 6, 28, 28), seed {SEED}")',
+    "record": ("import torch\nfrom torch import nn\n"
+               "from d2l_utils import EpochStats, History, Profile, record_run\n"
+               "history = History([EpochStats(1, 0.5, 0.8, 0.8, 1.0, 100.0)], device='cpu')\n"
+               "path = record_run(history, chapter='99_tiny', model='tiny', net=nn.Linear(2, 2),\n"
+               "                  profile=Profile('quick', torch.device('cpu'), seed=SEED), hparams={})"),
 }
 
 
@@ -250,11 +255,33 @@ def calibrated(tmp_path_factory):
     nb = nbformat.v4.new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     env = {k: v for k, v in os.environ.items() if k != "D2L_THREADS"}
+    env["D2L_RESULTS_DIR"] = str(folder / "stored")
     NotebookClient(nb, kernel_name="python3").execute(env=env)
     path = folder / "tiny.ipynb"
     nbformat.write(nb, path)
-    outcome, = calibrate([path], runs_dir=folder / "runs", sanitize_file=SANITIZE, jobs=2, timeout=300)
+    saved = os.environ.get("D2L_RESULTS_DIR")
+    os.environ["D2L_RESULTS_DIR"] = str(folder / "kept")  # where the seed runs' records are kept
+    try:
+        outcome, = calibrate([path], runs_dir=folder / "runs", sanitize_file=SANITIZE, jobs=2, timeout=300,
+                             keep_seed_records=True)
+    finally:
+        os.environ.pop("D2L_RESULTS_DIR")
+        if saved is not None:
+            os.environ["D2L_RESULTS_DIR"] = saved
     return folder, path, outcome
+
+
+def test_calibrate_keeps_the_seed_runs_records_named_as_the_runner_names_them(calibrated):
+    folder, _, outcome = calibrated
+    kept = sorted(p.relative_to(folder / "kept").as_posix() for p in (folder / "kept").rglob("*.json"))
+    assert kept == ["quick/cpu/99_tiny--tiny--seed-1.json", "quick/cpu/99_tiny--tiny--seed-2.json"]
+    assert sorted(outcome.seed_records) == sorted((folder / "kept").rglob("*.json"))
+    for seed in (1, 2):
+        record = json.loads((folder / "kept" / f"quick/cpu/99_tiny--tiny--seed-{seed}.json").read_text())
+        assert record["seed"] == seed and record["overrides"] == {"SEED": seed}
+    # the stored run wrote its own record where it was told, and nothing went to the project's results/
+    assert [p.name for p in (folder / "stored").rglob("*.json")] == ["99_tiny--tiny.json"]
+    assert not list((PROJECT / "results").rglob("99_tiny--*"))
 
 
 def test_calibrate_writes_a_band_where_a_variant_moved_a_number_and_says_how_it_measured(calibrated):
