@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
                            help="where the executed variants are kept (default _build/calibration)")
     calibrate.add_argument("--sanitize-with", default="tests/sanitize.cfg",
                            help="the nbval sanitizer file (default tests/sanitize.cfg)")
+    calibrate.add_argument("--timeout", type=float, default=1800,
+                           help="seconds one run may take before the calibration fails (default 1800; a "
+                           "two-thread run beside other runs on a 2-core machine can need more)")
     calibrate.add_argument("--keep-seed-records", action="store_true",
                            help="copy the seed runs' records (...--seed-1.json, ...--seed-2.json) of each "
                            "notebook calibrated without error to results/, as `run -p SEED n` would write them")
@@ -110,7 +113,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     from .notebooks import calibrate
     try:
         outcomes = calibrate(args.notebooks, runs_dir=args.runs_dir, sanitize_file=args.sanitize_with,
-                             jobs=args.jobs, keep_seed_records=args.keep_seed_records)
+                             jobs=args.jobs, keep_seed_records=args.keep_seed_records,
+                             timeout=args.timeout)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

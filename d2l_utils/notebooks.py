@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,10 +215,17 @@ def _variant_run(path: Path, output: Path, env: dict[str, str], seed: int | None
     if seed is not None:
         command += ["-p", "SEED", str(seed)]
     output.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return f"did not finish in {timeout:.0f} s"
+    # A session of its own, so that a run past its time is stopped with its kernel: killing
+    # papermill alone would leave the kernel computing on the cores the other runs need.
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            return f"did not finish in {timeout:.0f} s (raise --timeout on a busy machine)"
+    done = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
     if done.returncode != 0:
         lines = [line for line in (done.stderr or done.stdout).strip().splitlines() if line.strip()]
         return "; ".join(lines[-3:]) or f"papermill exited with {done.returncode}"

@@ -328,3 +328,23 @@ def test_pytest_nbval_fails_beyond_the_band(calibrated):
 def test_calibrate_refuses_what_is_not_a_notebook(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a notebook"):
         calibrate([tmp_path / "missing.ipynb"], sanitize_file=SANITIZE)
+
+
+def test_a_run_past_its_time_fails_the_calibration_and_its_kernel_is_stopped(tmp_path):
+    """A run that exceeds the timeout is reported, and its kernel does not go on computing."""
+    import time
+
+    marker = tmp_path / "kernel-still-ran"
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("SEED = 0"),
+        nbformat.v4.new_code_cell(f"import time\ntime.sleep(12)\nopen({str(marker)!r}, 'w').write('late')")])
+    nb.cells[0].metadata["tags"] = ["parameters"]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "slow.ipynb"
+    nbformat.write(nb, path)
+    before = path.read_bytes()
+    outcome, = calibrate([path], runs_dir=tmp_path / "runs", sanitize_file=SANITIZE, jobs=2, timeout=6)
+    assert outcome.error and "did not finish in 6 s" in outcome.error and "--timeout" in outcome.error
+    assert path.read_bytes() == before  # nothing written
+    time.sleep(10)  # a kernel left running (its cell had started) would have written the marker by now
+    assert not marker.exists()
