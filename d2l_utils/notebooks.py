@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import tempfile
 from dataclasses import dataclass, field
@@ -204,6 +203,28 @@ class Calibration:
     seed_records: list[Path] = field(default_factory=list)  # the seed runs' records (see calibrate)
 
 
+def _keep_seed_record(record: Path, folder: Path, seed: int) -> Path:
+    """Copy a calibration seed run's record to ``results_dir()`` as the runner names a seed variant.
+
+    The seed run printed the stored run's record names (so that its outputs compare
+    with the stored ones word for word); its record becomes ``...--seed-N.json`` with
+    ``overrides`` ``{"SEED": N}``, what ``run ... -p SEED N`` writes.
+    """
+    from .results import results_dir, variant_name
+
+    data = json.loads(record.read_text())
+    if data.get("seed") != seed or data.get("overrides"):
+        raise ValueError(f"{record} is not the record of a run with seed {seed} and no other change")
+    data["overrides"] = {"SEED": seed}
+    target = results_dir() / record.relative_to(folder).parent / f"{record.stem}--{variant_name(data['overrides'])}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".json.tmp")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(json.dumps(data, indent=1, allow_nan=False) + "\n")
+    os.replace(tmp, target)
+    return target
+
+
 def _variant_run(path: Path, output: Path, env: dict[str, str], seed: int | None,
                  timeout: float) -> str | None:
     """Execute ``path`` with papermill in its own process under ``env``; the error, or None."""
@@ -255,11 +276,11 @@ def calibrate(notebooks: list[str | os.PathLike], *, runs_dir: str | os.PathLike
     The stored outputs themselves are never changed. A notebook with a failed
     run, or whose stored outputs change while it is calibrated, is not written.
 
-    The seed runs are variant runs like ``run ... -p SEED 1``: their records are
-    named ``...--seed-1.json``. With ``keep_seed_records`` those of a notebook whose
-    calibration succeeded are copied to ``results_dir()`` (the project's
-    ``results/`` unless $D2L_RESULTS_DIR says otherwise); ``Calibration.seed_records``
-    lists them either way.
+    The seed runs are runs like ``run ... -p SEED 1``. With ``keep_seed_records`` the
+    records of a notebook whose calibration succeeded are copied to ``results_dir()``
+    (the project's ``results/`` unless $D2L_RESULTS_DIR says otherwise), named as that
+    command names them (``...--seed-1.json``); ``Calibration.seed_records`` lists them
+    either way.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -272,7 +293,7 @@ def calibrate(notebooks: list[str | os.PathLike], *, runs_dir: str | os.PathLike
     sanitize = tolerance.sanitizer(Path(sanitize_file).read_text())
     variants = [(name, env, None) for name, env in NUMERICS_VARIANTS.items()]
     variants += [(f"seed-{seed}", {}, seed) for seed in SEED_VARIANTS]
-    from .results import OVERRIDES_ENV, results_dir
+    from .results import OVERRIDES_ENV
 
     records = Path(tempfile.mkdtemp(prefix="d2l-calibration-results-"))
     base_env = {k: v for k, v in os.environ.items() if k not in NUMERICS_ENV}
@@ -280,11 +301,8 @@ def calibrate(notebooks: list[str | os.PathLike], *, runs_dir: str | os.PathLike
     base_env.update(D2L_DEVICE="cpu")
 
     def env_of(path: Path, name: str, env: dict[str, str], seed: int | None) -> dict[str, str]:
-        """Each run writes its records to a folder of its own; a seed run's are named as a variant's."""
-        own = {"D2L_RESULTS_DIR": str(records / path.stem / name)}
-        if seed is not None:
-            own[OVERRIDES_ENV] = json.dumps({"SEED": seed})
-        return {**base_env, **env, **own}
+        """Each run writes its records to a folder of its own (and prints the stored run's names)."""
+        return {**base_env, **env, "D2L_RESULTS_DIR": str(records / path.stem / name)}
 
     before = {path: path.read_bytes() for path in paths}
     tasks = [(path, name, Path(runs_dir) / path.stem / f"{name}.ipynb", env_of(path, name, env, seed), seed)
@@ -316,9 +334,7 @@ def calibrate(notebooks: list[str | os.PathLike], *, runs_dir: str | os.PathLike
                 for record in sorted(folder.rglob("*.json")):
                     kept = record
                     if keep_seed_records and outcome.error is None:
-                        kept = results_dir() / record.relative_to(folder)
-                        kept.parent.mkdir(parents=True, exist_ok=True)
-                        shutil.copyfile(record, kept)
+                        kept = _keep_seed_record(record, folder, seed)
                     outcome.seed_records.append(kept)
             outcomes.append(outcome)
     return outcomes

@@ -240,7 +240,8 @@ SOURCES = {
                "from d2l_utils import EpochStats, History, Profile, record_run\n"
                "history = History([EpochStats(1, 0.5, 0.8, 0.8, 1.0, 100.0)], device='cpu')\n"
                "path = record_run(history, chapter='99_tiny', model='tiny', net=nn.Linear(2, 2),\n"
-               "                  profile=Profile('quick', torch.device('cpu'), seed=SEED), hparams={})"),
+               "                  profile=Profile('quick', torch.device('cpu'), seed=SEED), hparams={})\n"
+               "print('run recorded as', path.name)"),
 }
 
 
@@ -279,6 +280,9 @@ def test_calibrate_keeps_the_seed_runs_records_named_as_the_runner_names_them(ca
     for seed in (1, 2):
         record = json.loads((folder / "kept" / f"quick/cpu/99_tiny--tiny--seed-{seed}.json").read_text())
         assert record["seed"] == seed and record["overrides"] == {"SEED": seed}
+    # the seed runs printed the stored run's record name, so their outputs compared word for word
+    nb = nbformat.read(folder / "runs" / "tiny" / "seed-1.ipynb", as_version=4)
+    assert "99_tiny--tiny.json" in "".join(o.get("text", "") for o in nb.cells[-1].outputs)
     # the stored run wrote its own record where it was told, and nothing went to the project's results/
     assert [p.name for p in (folder / "stored").rglob("*.json")] == ["99_tiny--tiny.json"]
     assert not list((PROJECT / "results").rglob("99_tiny--*"))
