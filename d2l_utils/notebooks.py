@@ -210,6 +210,7 @@ def _keep_seed_record(record: Path, folder: Path, seed: int) -> Path:
     with the stored ones word for word); its record becomes ``...--seed-N.json`` with
     ``overrides`` ``{"SEED": N}``, what ``run ... -p SEED N`` writes.
     """
+    from .results import _write_atomically as write_text_atomically
     from .results import results_dir, variant_name
 
     data = json.loads(record.read_text())
@@ -217,11 +218,7 @@ def _keep_seed_record(record: Path, folder: Path, seed: int) -> Path:
         raise ValueError(f"{record} is not the record of a run with seed {seed} and no other change")
     data["overrides"] = {"SEED": seed}
     target = results_dir() / record.relative_to(folder).parent / f"{record.stem}--{variant_name(data['overrides'])}.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".json.tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(json.dumps(data, indent=1, allow_nan=False) + "\n")
-    os.replace(tmp, target)
+    write_text_atomically(target, json.dumps(data, indent=1, allow_nan=False) + "\n")
     return target
 
 
