@@ -1,0 +1,63 @@
+"""Parameters of one chapter are checked when its notebook starts, with an error that says what to pass."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+@pytest.fixture(autouse=True)
+def restore_global_settings(monkeypatch):
+    """The settings cell calls choose_profile, which sets threads and deterministic algorithms."""
+    for name in ("D2L_DEVICE", "D2L_THREADS", "CUBLAS_WORKSPACE_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+
+
+def run_settings(notebook: str, **parameters) -> dict:
+    """Run a notebook's parameters cell, then ``parameters`` as papermill injects them, then the
+    settings cell after it; return the names it defines."""
+    cells = json.loads((NOTEBOOKS / notebook).read_text())["cells"]
+    i = next(i for i, cell in enumerate(cells) if "parameters" in cell["metadata"].get("tags", []))
+    namespace = {}
+    exec("".join(cells[i]["source"]), namespace)
+    namespace.update(parameters, PROFILE="quick", DEVICE="cpu")
+    exec("".join(cells[i + 1]["source"]), namespace)
+    return namespace
+
+
+@pytest.mark.parametrize("blocks", ["2,6,12", "2-6-", "0-6-12", "two"])
+def test_densenet_blocks_in_another_form_are_refused_with_an_example(blocks):
+    with pytest.raises(ValueError, match='joined by "-", such as "2-6-12"'):
+        run_settings("13_densenet.ipynb", BLOCKS=blocks)
+
+
+def test_densenet_blocks_must_be_a_string():
+    with pytest.raises(TypeError, match="BLOCKS must be str"):
+        run_settings("13_densenet.ipynb", BLOCKS=3)
+
+
+@pytest.mark.parametrize("blocks, expected", [(None, "2-6-12"), ("3-3-3", "3-3-3")])
+def test_densenet_blocks_default_to_the_chapters_network(blocks, expected):
+    assert run_settings("13_densenet.ipynb", BLOCKS=blocks)["dense_blocks"] == expected
+
+
+@pytest.mark.parametrize("dropout", ["0.4", True])
+def test_googlenet_dropout_must_be_a_number(dropout):
+    with pytest.raises(TypeError, match="DROPOUT must be float"):
+        run_settings("10_googlenet.ipynb", DROPOUT=dropout)
+
+
+@pytest.mark.parametrize("dropout, expected", [(None, 0.0), (0, 0.0), (0.4, 0.4)])
+def test_googlenet_dropout_defaults_to_none_and_accepts_an_int(dropout, expected):
+    assert run_settings("10_googlenet.ipynb", DROPOUT=dropout)["dropout"] == expected
