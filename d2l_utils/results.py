@@ -105,7 +105,7 @@ def _write_atomically(path: Path, text: str) -> None:
 
 def record_run(history: History, *, chapter: str, model: str, net: nn.Module, profile: Profile,
                hparams: dict[str, Any], directory: str | os.PathLike | None = None,
-               sizes: dict[str, int] | None = None, world=None) -> Path:
+               sizes: dict[str, int] | None = None, world=None, fit_seconds: float | None = None) -> Path:
     """Write ``<results>/<profile>/<device>/<chapter>--<model>.json`` and return its path.
 
     ``hparams`` holds the settings that shaped the run (epochs, batch size,
@@ -125,6 +125,10 @@ def record_run(history: History, *, chapter: str, model: str, net: nn.Module, pr
 
     ``world`` (a ``d2l_utils.distributed.World``) marks a data-parallel run: the record
     then gives its number of processes (``world_size``) and their ``backend``.
+
+    ``fit_seconds``, when given, is the wall time of the whole run as the notebook timed it:
+    ``wall_time`` sums the epochs' training time only, this one also counts the evaluations
+    (and, for a compiled network, the compilation).
     """
     if not history.epochs:
         raise ValueError("the history is empty: train before recording the run")
@@ -153,6 +157,11 @@ def record_run(history: History, *, chapter: str, model: str, net: nn.Module, pr
         "final": epochs[-1],
         "wall_time": history.wall_time,
     }
+    if fit_seconds is not None:
+        if not isinstance(fit_seconds, (int, float)) or fit_seconds < history.wall_time:
+            raise ValueError(f"fit_seconds must be a number of seconds at least the training time "
+                             f"({history.wall_time:.1f} s); got {fit_seconds!r}")
+        record["fit_seconds"] = round(float(fit_seconds), 1)
     if world is not None:
         record["world_size"], record["backend"] = world.world_size, world.backend
     if history.precision is not None:  # a mixed-precision run says so; float32 runs keep the old form

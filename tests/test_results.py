@@ -61,7 +61,7 @@ def test_record_run_writes_every_field_to_profile_device_chapter_model_json(hist
     assert record["code_version"] == code_version() != ""
     assert record["hparams"] == HPARAMS
     plain = [{k: v for k, v in asdict(s).items() if k != "val_acc"} for s in history.epochs]
-    assert record["epochs"] == plain  # no validation set: no val_acc, the form chapter 15 reads
+    assert record["epochs"] == plain  # no validation set: no val_acc, the form chapter 16 reads
     assert record["final"] == plain[-1]
     assert record["parameters_total"] == 23
     assert "sizes" not in record and "test_predictions" not in record
@@ -87,6 +87,20 @@ def test_a_record_counts_the_trainable_parameters_and_all_of_them(history, tmp_p
     record = json.loads(record_run(history, chapter="11_batch_norm", model="frozen", net=frozen,
                                    profile=PROFILE, hparams=HPARAMS, directory=tmp_path).read_text())
     assert record["parameters"] == 11 and record["parameters_total"] == 23
+
+
+def test_a_record_keeps_the_whole_runs_time_when_given_and_refuses_a_time_below_training(history, tmp_path):
+    path = record_run(history, chapter="15_training_fast", model="net", net=net(), profile=PROFILE,
+                      hparams=HPARAMS, directory=tmp_path, fit_seconds=5.04)
+    assert json.loads(path.read_text())["fit_seconds"] == 5.0
+    assert "fit_seconds" not in json.loads(record_run(
+        history, chapter="15_training_fast", model="other", net=net(), profile=PROFILE, hparams=HPARAMS,
+        directory=tmp_path).read_text())
+    for wrong in (3.9, "5 s"):  # the epochs alone trained for 4.0 s
+        with pytest.raises(ValueError, match="fit_seconds must be a number of seconds at least"):
+            record_run(history, chapter="15_training_fast", model="bad", net=net(), profile=PROFILE,
+                       hparams=HPARAMS, directory=tmp_path, fit_seconds=wrong)
+    assert not (tmp_path / "quick" / "cpu" / "15_training_fast--bad.json").exists()
 
 
 def test_an_older_record_without_a_total_reads_with_the_total_unknown(history, tmp_path):
