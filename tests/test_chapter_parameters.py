@@ -61,3 +61,18 @@ def test_googlenet_dropout_must_be_a_number(dropout):
 @pytest.mark.parametrize("dropout, expected", [(None, 0.0), (0, 0.0), (0.4, 0.4)])
 def test_googlenet_dropout_defaults_to_none_and_accepts_an_int(dropout, expected):
     assert run_settings("10_googlenet.ipynb", DROPOUT=dropout)["dropout"] == expected
+
+
+@pytest.mark.parametrize("change", ["no augmentation", "compiled", 3])
+def test_training_fast_refuses_an_unknown_change_and_lists_the_known_ones(change):
+    with pytest.raises(ValueError, match="CHANGE must be None or one of 'no-augmentation', .*'compile'"):
+        run_settings("15_training_fast.ipynb", CHANGE=change)
+
+
+@pytest.mark.parametrize("change, setting, expected", [
+    (None, "channels_last", True), ("channels-first", "channels_last", False), ("compile", "compile", True),
+    ("no-augmentation", "flip_test", False), ("constant-lr", "schedule", "constant")])
+def test_training_fast_changes_one_setting_of_the_recipe(change, setting, expected):
+    recipe = run_settings("15_training_fast.ipynb", CHANGE=change)["recipe"]
+    assert getattr(recipe, setting) == expected
+    assert (recipe.epochs, recipe.batch_size, recipe.lr) == (4, 128, 0.1)

@@ -32,7 +32,7 @@ STEPS, BATCH = 10, 256
 # two processes compute the same gradient, but the sum over the batch is split in two and
 # its halves averaged: the additions happen in another order, so the last bits of a
 # float32 (about 1e-7 of the value) differ, and every step carries these differences into
-# the next, where training amplifies them (chapter 16 shows them staying near the rounding
+# the next, where training amplifies them (chapter 17 shows them staying near the rounding
 # for some steps, then jumping by orders of magnitude when a ReLU or a max-pooling window
 # decides differently, and reaching the size of the weights within 60 steps): hence only
 # ten steps.
