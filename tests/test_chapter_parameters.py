@@ -24,14 +24,14 @@ def restore_global_settings(monkeypatch):
     torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
 
 
-def run_settings(notebook: str, **parameters) -> dict:
+def run_settings(notebook: str, profile: str = "quick", **parameters) -> dict:
     """Run a notebook's parameters cell, then ``parameters`` as papermill injects them, then the
-    settings cell after it; return the names it defines."""
+    settings cell after it, on the CPU; return the names it defines."""
     cells = json.loads((NOTEBOOKS / notebook).read_text())["cells"]
     i = next(i for i, cell in enumerate(cells) if "parameters" in cell["metadata"].get("tags", []))
     namespace = {}
     exec("".join(cells[i]["source"]), namespace)
-    namespace.update(parameters, PROFILE="quick", DEVICE="cpu")
+    namespace.update(parameters, PROFILE=profile, DEVICE="cpu")
     exec("".join(cells[i + 1]["source"]), namespace)
     return namespace
 
@@ -76,3 +76,35 @@ def test_training_fast_changes_one_setting_of_the_recipe(change, setting, expect
     recipe = run_settings("15_training_fast.ipynb", CHANGE=change)["recipe"]
     assert getattr(recipe, setting) == expected
     assert (recipe.epochs, recipe.batch_size, recipe.lr) == (4, 128, 0.1)
+
+
+@pytest.mark.parametrize("blocks, shortcuts, model", [(None, True, "resnet14"), (5, True, "resnet32"),
+                                                      (1, False, "plain8"), (None, False, "plain14")])
+def test_resnet_depth_and_shortcuts_name_the_network_trained(blocks, shortcuts, model):
+    settings = run_settings("12_resnet.ipynb", BLOCKS=blocks, SHORTCUTS=shortcuts)
+    assert settings["model"] == model
+    assert settings["blocks"] == (blocks or 2)
+
+
+@pytest.mark.parametrize("blocks, error, message", [(0, ValueError, "BLOCKS must be at least 1"),
+                                                    ("5", TypeError, "BLOCKS must be int"),
+                                                    (2.0, TypeError, "BLOCKS must be int")])
+def test_resnet_blocks_must_be_a_positive_int(blocks, error, message):
+    with pytest.raises(error, match=message):
+        run_settings("12_resnet.ipynb", BLOCKS=blocks)
+
+
+@pytest.mark.parametrize("shortcuts", ["False", 0, None])
+def test_resnet_shortcuts_must_be_a_bool(shortcuts):
+    with pytest.raises(TypeError, match="SHORTCUTS must be True or False"):
+        run_settings("12_resnet.ipynb", SHORTCUTS=shortcuts)
+
+
+@pytest.mark.parametrize("parameters", [{"BLOCKS": 3}, {"SHORTCUTS": False}])
+def test_resnet_depth_and_shortcuts_are_refused_by_the_full_profile(parameters):
+    with pytest.raises(ValueError, match="the full profile trains ResNet-18"):
+        run_settings("12_resnet.ipynb", profile="full", **parameters)
+
+
+def test_resnet_full_profile_trains_resnet18():
+    assert run_settings("12_resnet.ipynb", profile="full")["model"] == "resnet18"

@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,7 @@ def test_a_smoke_run_prints_both_times_and_their_ratio():
     assert lines[0] == "Time to 0.01 test accuracy on Fashion-MNIST, evaluated every 1/4 epoch"
     assert lines[1].startswith("machine: ") and "torch " in lines[1] and "PyTorch threads: 1" in lines[1]
     assert "128 training and 128 test images" in done.stdout and "not a measurement" in done.stdout
+    assert "flips; cap" not in done.stdout and "no augmentation; cap 20 s" in done.stdout
     assert re.fullmatch(rf"reference: {REACHED}", lines[-3]), lines[-3]
     assert re.fullmatch(rf"course: {REACHED}", lines[-2]), lines[-2]
     assert re.fullmatch(r"ratio: \d+\.\dx \(reference time / course time\)", lines[-1]), lines[-1]
@@ -130,3 +132,14 @@ def test_the_networks_have_chapter_12s_layout_and_parameter_counts(bench):
     sides = [course[:i](torch.zeros(2, 1, 28, 28)).shape[-1] for i in (3, 5, 7, 9)]
     assert sides == [28, 14, 7, 4]  # the stem, then each stage halves the size
     assert course(torch.zeros(2, 1, 28, 28)).shape == reference(torch.zeros(2, 1, 96, 96)).shape == (2, 10)
+
+
+def test_the_course_recipe_trains_without_augmentation_unless_asked(bench):
+    plain, augmented = bench.course_recipe(4), bench.course_recipe(4, augmentation=True)
+    assert (plain.translate, plain.flip, plain.make_augment(0, "cpu", 0.0)) == (0, False, None)
+    assert (augmented.translate, augmented.flip) == (2, True)
+    # nothing else differs: chapter 12's quick settings over the given epochs
+    assert replace(augmented, translate=0, flip=False) == plain
+    assert (plain.epochs, plain.batch_size, plain.lr, plain.schedule, plain.channels_last) == (4, 128, 0.1, "one-cycle", True)
+    assert bench.parse_args([]).course_augmentation is False
+    assert bench.parse_args(["--course-augmentation"]).course_augmentation is True
