@@ -202,7 +202,7 @@ def run_reference(root: Path, train_index, test_index, args) -> Result:
 
 
 def course_recipe(epochs: int, augmentation: bool = False) -> Recipe:
-    """Chapter 12's quick settings; without random shifts and flips unless ``augmentation``."""
+    """Chapter 15's quick settings; without random shifts and flips unless ``augmentation``."""
     recipe = Recipe(epochs=epochs, batch_size=COURSE_BATCH, lr=COURSE_LR, channels_last=True)
     return recipe if augmentation else replace(recipe, translate=0, flip=False)
 
