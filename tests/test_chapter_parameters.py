@@ -52,6 +52,17 @@ def test_densenet_blocks_default_to_the_chapters_network(blocks, expected):
     assert run_settings("13_densenet.ipynb", BLOCKS=blocks)["dense_blocks"] == expected
 
 
+def test_densenet_full_profile_trains_the_chapters_network():
+    settings = run_settings("13_densenet.ipynb", profile="full")
+    assert settings["dense_blocks"] == "4-4-4-4"
+    assert settings["convs_per_block"] == (4, 4, 4, 4)
+
+
+def test_densenet_blocks_are_refused_by_the_full_profile():
+    with pytest.raises(ValueError, match="the full profile trains the chapter's DenseNet"):
+        run_settings("13_densenet.ipynb", profile="full", BLOCKS="3-3-3")
+
+
 @pytest.mark.parametrize("dropout", ["0.4", True])
 def test_googlenet_dropout_must_be_a_number(dropout):
     with pytest.raises(TypeError, match="DROPOUT must be float"):
