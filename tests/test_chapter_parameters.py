@@ -119,3 +119,23 @@ def test_resnet_depth_and_shortcuts_are_refused_by_the_full_profile(parameters):
 
 def test_resnet_full_profile_trains_resnet18():
     assert run_settings("12_resnet.ipynb", profile="full")["model"] == "resnet18"
+
+
+@pytest.mark.parametrize("block, expected", [(None, "convnext"), ("resnet", "resnet"), ("micro", "micro")])
+def test_modern_block_defaults_to_convnext_and_names_a_step(block, expected):
+    assert run_settings("14_modern_convolutions.ipynb", BLOCK=block)["block_step"] == expected
+
+
+def test_modern_block_refuses_an_unknown_step_and_lists_the_steps():
+    with pytest.raises(ValueError, match="BLOCK must be None or one of 'resnet', 'inverted', .*'convnext'"):
+        run_settings("14_modern_convolutions.ipynb", BLOCK="vit")
+
+
+def test_modern_block_must_be_a_string():
+    with pytest.raises(TypeError, match="BLOCK must be str"):
+        run_settings("14_modern_convolutions.ipynb", BLOCK=1)
+
+
+def test_modern_block_is_refused_by_the_full_profile():
+    with pytest.raises(ValueError, match="the full profile trains ConvNeXt-T"):
+        run_settings("14_modern_convolutions.ipynb", profile="full", BLOCK="resnet")
