@@ -14,7 +14,7 @@ from .stats import PairedTest, correct_predictions, decode_predictions, mcnemar
 from .summary import (class_activation_map, count_macs, count_parameters, feature_maps, layer_summary,
                       network_depth, receptive_fields)
 from .train import (EpochStats, History, Timer, accuracy, confusion_matrix, evaluate_accuracy,
-                    evaluate_loss, predict, train_classifier)
+                    evaluate_loss, predict, step_ms, train_classifier)
 
 __version__ = "0.1.0"
 
@@ -34,5 +34,5 @@ __all__ = [
     "class_activation_map", "count_macs", "count_parameters", "feature_maps", "layer_summary",
     "network_depth", "receptive_fields",
     "EpochStats", "History", "Timer", "accuracy", "confusion_matrix", "evaluate_accuracy",
-    "evaluate_loss", "predict", "train_classifier",
+    "evaluate_loss", "predict", "step_ms", "train_classifier",
 ]

@@ -63,6 +63,27 @@ def test_densenet_blocks_are_refused_by_the_full_profile():
         run_settings("13_densenet.ipynb", profile="full", BLOCKS="3-3-3")
 
 
+@pytest.mark.parametrize("bottleneck, expected", [(None, 2), (0, 0), (4, 4)])
+def test_densenet_bottleneck_defaults_to_twice_the_growth_rate(bottleneck, expected):
+    assert run_settings("13_densenet.ipynb", BOTTLENECK=bottleneck)["bottleneck"] == expected
+
+
+def test_densenet_bottleneck_must_be_a_whole_number():
+    with pytest.raises(TypeError, match="BOTTLENECK must be int"):
+        run_settings("13_densenet.ipynb", BOTTLENECK=2.0)
+
+
+def test_densenet_negative_bottleneck_is_refused_with_an_example():
+    with pytest.raises(ValueError, match="BOTTLENECK must be 0 .* such as 4; got -2"):
+        run_settings("13_densenet.ipynb", BOTTLENECK=-2)
+
+
+def test_densenet_bottleneck_is_refused_by_the_full_profile():
+    with pytest.raises(ValueError, match="the full profile trains the chapter's DenseNet, without bottlenecks"):
+        run_settings("13_densenet.ipynb", profile="full", BOTTLENECK=4)
+    assert run_settings("13_densenet.ipynb", profile="full")["bottleneck"] == 0
+
+
 @pytest.mark.parametrize("dropout", ["0.4", True])
 def test_googlenet_dropout_must_be_a_number(dropout):
     with pytest.raises(TypeError, match="DROPOUT must be float"):

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from d2l_utils import (Batches, DataNotFoundError, EpochStats, History, Timer, accuracy,
+from d2l_utils import (Batches, DataNotFoundError, EpochStats, History, Timer, accuracy, step_ms,
                        evaluate_accuracy, evaluate_loss, find_fashion_mnist, load_fashion_mnist,
                        train_classifier)
 from d2l_utils import train as d2l_train
@@ -289,3 +289,40 @@ def test_a_scaler_without_autocast_is_refused():
         train_classifier(net, random_batches(64, 32), random_batches(64, 32), epochs=1,
                          optimizer=torch.optim.SGD(net.parameters(), lr=0.01),
                          scaler=torch.amp.GradScaler("cpu"))
+
+
+# --- step_ms -----------------------------------------------------------------------------------
+
+class _Counting(nn.Linear):
+    def __init__(self):
+        super().__init__(3, 2)
+        self.calls = 0
+
+    def forward(self, X):
+        self.calls += 1
+        return super().forward(X)
+
+
+def test_step_ms_runs_forward_and_backward_once_per_repeat():
+    torch.manual_seed(0)
+    layer, X = _Counting(), torch.randn(4, 3)
+    once = torch.autograd.grad(layer(X).sum(), layer.weight)[0]
+    layer.calls = 0
+    ms = step_ms(layer, X, repeats=3)
+    assert layer.calls == 3
+    assert isinstance(ms, float) and ms > 0
+    torch.testing.assert_close(layer.weight.grad, 3 * once)  # the sum, backpropagated three times
+
+
+def test_step_ms_uses_cross_entropy_with_labels():
+    torch.manual_seed(0)
+    layer, X, y = nn.Linear(3, 2), torch.randn(4, 3), torch.tensor([0, 1, 1, 0])
+    expected = torch.autograd.grad(nn.functional.cross_entropy(layer(X), y), layer.weight)[0]
+    step_ms(layer, X, y, repeats=1)
+    torch.testing.assert_close(layer.weight.grad, expected)
+
+
+@pytest.mark.parametrize("repeats", [0, 2.0, "5"])
+def test_step_ms_refuses_a_repeat_count_that_is_not_a_positive_whole_number(repeats):
+    with pytest.raises(ValueError, match="repeats must be a whole number of passes, at least 1"):
+        step_ms(nn.Linear(3, 2), torch.randn(4, 3), repeats=repeats)
