@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from d2l_utils import (Batches, DataNotFoundError, EpochStats, History, Timer, accuracy, step_ms,
+from d2l_utils import (Batches, DataNotFoundError, EpochStats, History, Timer, accuracy,
                        evaluate_accuracy, evaluate_loss, find_fashion_mnist, load_fashion_mnist,
-                       train_classifier)
+                       step_ms, train_classifier)
 from d2l_utils import train as d2l_train
 
 
