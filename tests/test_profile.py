@@ -30,8 +30,10 @@ def restore_global_settings(monkeypatch):
     deterministic = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     cudnn = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    fill = torch.utils.deterministic.fill_uninitialized_memory
     threads = torch.get_num_threads()
     yield
+    torch.utils.deterministic.fill_uninitialized_memory = fill
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
     torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = cudnn
@@ -196,6 +198,40 @@ def test_choose_profile_switches_on_deterministic_algorithms():
     choose_profile("quick", "cpu")
     assert torch.are_deterministic_algorithms_enabled()
     assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+
+
+def test_choose_profile_does_not_fill_fresh_memory():
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    choose_profile("quick", "cpu")
+    assert torch.are_deterministic_algorithms_enabled()
+    assert not torch.utils.deterministic.fill_uninitialized_memory
+
+
+def _train_a_few_steps(fill: bool) -> list[torch.Tensor]:
+    """Three SGD steps of a small network with concatenation, BN and channels-last weights."""
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = fill
+    torch.manual_seed(0)
+    conv1 = torch.nn.Conv2d(1, 8, 3, padding=1)
+    rest = torch.nn.Sequential(torch.nn.BatchNorm2d(9), torch.nn.ReLU(inplace=True), torch.nn.Conv2d(9, 6, 3, stride=2),
+                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(6, 10))
+    params = list(conv1.parameters()) + list(rest.parameters())
+    for module in (conv1, rest):
+        module.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9, nesterov=True)
+    X, y = torch.randn(16, 1, 12, 12), torch.randint(0, 10, (16,))
+    for _ in range(3):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(rest(torch.cat((X, conv1(X)), dim=1)), y).backward()
+        optimizer.step()
+    return [p.detach().clone() for p in params]
+
+
+def test_training_is_the_same_whether_fresh_memory_is_filled_or_not():
+    filled, unfilled = _train_a_few_steps(True), _train_a_few_steps(False)
+    assert all(torch.equal(a, b) for a, b in zip(filled, unfilled))
+    torch.manual_seed(0)
+    assert not torch.equal(filled[0], torch.nn.Conv2d(1, 8, 3, padding=1).weight)  # the steps changed it
 
 
 def test_choose_profile_seeds_torch():
