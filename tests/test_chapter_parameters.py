@@ -84,6 +84,17 @@ def test_densenet_bottleneck_is_refused_by_the_full_profile():
     assert run_settings("13_densenet.ipynb", profile="full")["bottleneck"] == 0
 
 
+@pytest.mark.parametrize("stem, expected", [(None, "stride"), ("stride", "stride"), ("pool", "pool")])
+def test_densenet_stem_defaults_to_a_strided_convolution(stem, expected):
+    assert run_settings("13_densenet.ipynb", STEM=stem)["stem"] == expected
+
+
+@pytest.mark.parametrize("stem", ["max", "Pool", ""])
+def test_densenet_unknown_stem_is_refused_with_the_known_ones(stem):
+    with pytest.raises(ValueError, match=f'STEM must be "stride" .* or "pool" .*; got {stem!r}'):
+        run_settings("13_densenet.ipynb", STEM=stem)
+
+
 @pytest.mark.parametrize("dropout", ["0.4", True])
 def test_googlenet_dropout_must_be_a_number(dropout):
     with pytest.raises(TypeError, match="DROPOUT must be float"):
@@ -152,11 +163,16 @@ def test_modern_block_refuses_an_unknown_step_and_lists_the_steps():
         run_settings("14_modern_convolutions.ipynb", BLOCK="vit")
 
 
-def test_modern_block_must_be_a_string():
-    with pytest.raises(TypeError, match="BLOCK must be str"):
-        run_settings("14_modern_convolutions.ipynb", BLOCK=1)
+@pytest.mark.parametrize("notebook, name, value", [("13_densenet.ipynb", "STEM", 2),
+                                                    ("14_modern_convolutions.ipynb", "BLOCK", 1)])
+def test_a_choice_of_the_small_network_must_be_a_string(notebook, name, value):
+    with pytest.raises(TypeError, match=f"{name} must be str"):
+        run_settings(notebook, **{name: value})
 
 
-def test_modern_block_is_refused_by_the_full_profile():
-    with pytest.raises(ValueError, match="the full profile trains ConvNeXt-T"):
-        run_settings("14_modern_convolutions.ipynb", profile="full", BLOCK="resnet")
+@pytest.mark.parametrize("notebook, name, value, trained", [
+    ("13_densenet.ipynb", "STEM", "pool", "the chapter's DenseNet, with ResNet's stem"),
+    ("14_modern_convolutions.ipynb", "BLOCK", "resnet", "ConvNeXt-T")])
+def test_a_choice_of_the_small_network_is_refused_by_the_full_profile(notebook, name, value, trained):
+    with pytest.raises(ValueError, match=f"the full profile trains {trained}"):
+        run_settings(notebook, profile="full", **{name: value})
