@@ -100,17 +100,29 @@ def main(argv: list[str] | None = None) -> int:
         from .estimate import measured_table
         print(measured_table())
     elif args.command == "store-outputs":
-        from .notebooks import store_outputs
+        from pathlib import Path
+
+        from .notebooks import readers_reminder, record_digests, record_readers, store_outputs
+        from .results import results_dir
         for path in args.notebooks:
             print(f"running {path} ...", flush=True)
+            before = record_digests(results_dir())
             store_outputs(path)
+            reminder = readers_reminder(before, record_digests(results_dir()),
+                                        record_readers(Path(path).parent))
+            if reminder:
+                print(reminder, flush=True)
     elif args.command == "calibrate":
         return _calibrate(args)
     return 0
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from .notebooks import calibrate
+    from pathlib import Path
+
+    from .notebooks import calibrate, readers_reminder, record_digests, record_readers
+    from .results import results_dir
+    before = record_digests(results_dir())
     try:
         outcomes = calibrate(args.notebooks, runs_dir=args.runs_dir, sanitize_file=args.sanitize_with,
                              jobs=args.jobs, keep_seed_records=args.keep_seed_records,
@@ -138,6 +150,10 @@ def _calibrate(args: argparse.Namespace) -> int:
         for problem in o.problems:
             bad += 1
             print(f"       PROBLEM {problem}")
+    readers = sorted({r for path in args.notebooks for r in record_readers(Path(path).parent)})
+    reminder = readers_reminder(before, record_digests(results_dir()), readers)
+    if reminder:
+        print(reminder)
     return 1 if bad else 0
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["store_outputs", "run_notebooks", "run_full_profile", "chapter_notebooks", "RunOutcome", "parse_value", "check_run_request",
+__all__ = ["store_outputs", "record_digests", "record_readers", "readers_reminder", "run_notebooks", "run_full_profile", "chapter_notebooks", "RunOutcome", "parse_value", "check_run_request",
            "calibrate", "bands_from_runs", "Calibration", "NUMERICS_VARIANTS", "SEED_VARIANTS"]
 
 
@@ -41,6 +41,51 @@ def store_outputs(path: str | os.PathLike, timeout: int | None = None) -> None:
             if value is not None:
                 os.environ[name] = value
     _write_atomically(nb, path)
+
+
+def record_digests(folder: str | os.PathLike) -> dict[str, str]:
+    """The SHA-256 of every run record (``*.json``) below ``folder``, by path relative to it."""
+    import hashlib
+
+    folder = Path(folder)
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.glob("**/*.json"))}
+
+
+# What a chapter calls to read committed records into its outputs.
+_READS_RECORDS = ("load_runs(", "read_run(", "find_run(")
+
+
+def record_readers(folder: str | os.PathLike) -> list[Path]:
+    """The notebooks in ``folder`` whose code reads run records (``load_runs``, ``read_run``,
+    ``find_run``): their stored outputs may print what other runs recorded."""
+    readers = []
+    for path in sorted(Path(folder).glob("*.ipynb")):
+        cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+        code = "".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+        if any(call in code for call in _READS_RECORDS):
+            readers.append(path)
+    return readers
+
+
+def readers_reminder(before: dict[str, str], after: dict[str, str], readers: list[Path]) -> str | None:
+    """What to do when a run changed committed records, or None when it changed none.
+
+    ``before`` and ``after`` are ``record_digests`` of the results folder around the run.
+    """
+    changed = sorted(name for name in after if before.get(name) != after[name])
+    removed = sorted(set(before) - set(after))
+    if not changed and not removed:
+        return None
+    lines = [f"records written or replaced: {', '.join(changed) or 'none'}"]
+    if removed:
+        lines.append(f"records removed: {', '.join(removed)}")
+    if readers:
+        lines.append("notebooks that read records, whose stored outputs may print these: "
+                     + ", ".join(p.name for p in readers))
+        lines.append("store again each one that prints them (after the notebook that wrote them), "
+                     "then run nbval on it")
+    return "\n".join(lines)
 
 
 @dataclass

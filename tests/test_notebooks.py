@@ -10,7 +10,8 @@ import pytest
 
 from d2l_utils import load_runs
 from d2l_utils.__main__ import main
-from d2l_utils.notebooks import parse_value, run_notebooks, store_outputs
+from d2l_utils.notebooks import (parse_value, readers_reminder, record_digests, record_readers, run_notebooks,
+                                 store_outputs)
 
 
 def make_notebook(path: Path, body: str) -> Path:
@@ -138,3 +139,48 @@ def test_storing_outputs_ignores_overrides_left_in_the_environment(tmp_path, mon
     store_outputs(nb)
     assert printed(nb).strip() == "toy--linear.json"
     assert os.environ["D2L_RUN_OVERRIDES"] == '{"EPOCHS": 5}'
+
+
+def test_storing_a_notebook_that_writes_a_record_names_the_notebooks_that_read_records(
+        tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("D2L_RESULTS_DIR", str(tmp_path / "results"))
+    writer = make_notebook(tmp_path / "toy.ipynb", RECORDING)
+    make_notebook(tmp_path / "reader.ipynb", "from d2l_utils import find_run, load_runs\n"
+                  "print(find_run(load_runs(), 'linear')['test_acc'])")
+    assert main(["store-outputs", str(writer)]) == 0
+    out = capsys.readouterr().out
+    assert "records written or replaced: quick/cpu/toy--linear.json" in out
+    assert "read records, whose stored outputs may print these: reader.ipynb\n" in out
+    assert "store again each one that prints them" in out
+
+
+def test_storing_a_notebook_that_writes_no_record_prints_no_reminder(good, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("D2L_RESULTS_DIR", str(tmp_path / "results"))
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "old.json").write_text("{}")
+    assert main(["store-outputs", str(good)]) == 0
+    assert "records" not in capsys.readouterr().out
+
+
+def test_record_readers_look_at_code_not_prose(tmp_path):
+    make_notebook(tmp_path / "a_code.ipynb", "runs = load_runs()")
+    prose = make_notebook(tmp_path / "b_prose.ipynb", "print(1)")
+    nb = nbformat.read(prose, as_version=4)
+    nb.cells.append(nbformat.v4.new_markdown_cell("The table comes from `load_runs()`."))
+    nbformat.write(nb, prose)
+    assert record_readers(tmp_path) == [tmp_path / "a_code.ipynb"]
+
+
+def test_the_reminder_names_changed_new_and_removed_records(tmp_path):
+    (tmp_path / "q").mkdir()
+    (tmp_path / "q" / "a.json").write_text('{"x": 1}')
+    (tmp_path / "q" / "b.json").write_text('{"x": 2}')
+    before = record_digests(tmp_path)
+    assert readers_reminder(before, record_digests(tmp_path), []) is None
+    (tmp_path / "q" / "a.json").write_text('{"x": 3}')
+    (tmp_path / "q" / "b.json").unlink()
+    (tmp_path / "q" / "c.json").write_text('{}')
+    note = readers_reminder(before, record_digests(tmp_path), [tmp_path / "r.ipynb"])
+    assert note.splitlines()[:2] == ["records written or replaced: q/a.json, q/c.json",
+                                     "records removed: q/b.json"]
+    assert "r.ipynb" in note
