@@ -38,7 +38,7 @@ def run_settings(notebook: str, profile: str = "quick", **parameters) -> dict:
 
 @pytest.mark.parametrize("blocks", ["2,6,12", "2-6-", "0-6-12", "two"])
 def test_densenet_blocks_in_another_form_are_refused_with_an_example(blocks):
-    with pytest.raises(ValueError, match='joined by "-", such as "2-6-12"'):
+    with pytest.raises(ValueError, match='joined by "-", such as "1-6-12"'):
         run_settings("13_densenet.ipynb", BLOCKS=blocks)
 
 
@@ -47,7 +47,7 @@ def test_densenet_blocks_must_be_a_string():
         run_settings("13_densenet.ipynb", BLOCKS=3)
 
 
-@pytest.mark.parametrize("blocks, expected", [(None, "2-6-12"), ("3-3-3", "3-3-3")])
+@pytest.mark.parametrize("blocks, expected", [(None, "1-6-12"), ("3-3-3", "3-3-3")])
 def test_densenet_blocks_default_to_the_chapters_network(blocks, expected):
     assert run_settings("13_densenet.ipynb", BLOCKS=blocks)["dense_blocks"] == expected
 
