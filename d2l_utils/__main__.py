@@ -100,27 +100,20 @@ def main(argv: list[str] | None = None) -> int:
         from .estimate import measured_table
         print(measured_table())
     elif args.command == "store-outputs":
-        from pathlib import Path
-
-        from .notebooks import readers_reminder, record_digests, record_readers, store_outputs
+        from .notebooks import record_digests, store_outputs
         from .results import results_dir
         for path in args.notebooks:
             print(f"running {path} ...", flush=True)
             before = record_digests(results_dir())
             store_outputs(path)
-            reminder = readers_reminder(before, record_digests(results_dir()),
-                                        record_readers(Path(path).parent))
-            if reminder:
-                print(reminder, flush=True)
+            _remind_of_readers(before, [path])
     elif args.command == "calibrate":
         return _calibrate(args)
     return 0
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .notebooks import calibrate, readers_reminder, record_digests, record_readers
+    from .notebooks import calibrate, record_digests
     from .results import results_dir
     before = record_digests(results_dir())
     try:
@@ -150,11 +143,20 @@ def _calibrate(args: argparse.Namespace) -> int:
         for problem in o.problems:
             bad += 1
             print(f"       PROBLEM {problem}")
-    readers = sorted({r for path in args.notebooks for r in record_readers(Path(path).parent)})
+    _remind_of_readers(before, args.notebooks)
+    return 1 if bad else 0
+
+
+def _remind_of_readers(before: dict[str, str], notebooks: list[str]) -> None:
+    """Print which records changed since ``before`` and which notebooks beside ``notebooks`` read records."""
+    from pathlib import Path
+
+    from .notebooks import readers_reminder, record_digests, record_readers
+    from .results import results_dir
+    readers = sorted({r for path in notebooks for r in record_readers(Path(path).parent)})
     reminder = readers_reminder(before, record_digests(results_dir()), readers)
     if reminder:
-        print(reminder)
-    return 1 if bad else 0
+        print(reminder, flush=True)
 
 
 if __name__ == "__main__":
