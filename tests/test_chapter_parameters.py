@@ -84,15 +84,17 @@ def test_densenet_bottleneck_is_refused_by_the_full_profile():
     assert run_settings("13_densenet.ipynb", profile="full")["bottleneck"] == 0
 
 
+@pytest.mark.parametrize("notebook", ["10_googlenet.ipynb", "13_densenet.ipynb"])
 @pytest.mark.parametrize("stem, expected", [(None, "stride"), ("stride", "stride"), ("pool", "pool")])
-def test_densenet_stem_defaults_to_a_strided_convolution(stem, expected):
-    assert run_settings("13_densenet.ipynb", STEM=stem)["stem"] == expected
+def test_small_network_stem_defaults_to_a_strided_convolution(notebook, stem, expected):
+    assert run_settings(notebook, STEM=stem)["stem"] == expected
 
 
+@pytest.mark.parametrize("notebook", ["10_googlenet.ipynb", "13_densenet.ipynb"])
 @pytest.mark.parametrize("stem", ["max", "Pool", ""])
-def test_densenet_unknown_stem_is_refused_with_the_known_ones(stem):
+def test_small_network_unknown_stem_is_refused_with_the_known_ones(notebook, stem):
     with pytest.raises(ValueError, match=f'STEM must be "stride" .* or "pool" .*; got {stem!r}'):
-        run_settings("13_densenet.ipynb", STEM=stem)
+        run_settings(notebook, STEM=stem)
 
 
 @pytest.mark.parametrize("dropout", ["0.4", True])
@@ -163,7 +165,8 @@ def test_modern_block_refuses_an_unknown_step_and_lists_the_steps():
         run_settings("14_modern_convolutions.ipynb", BLOCK="vit")
 
 
-@pytest.mark.parametrize("notebook, name, value", [("13_densenet.ipynb", "STEM", 2),
+@pytest.mark.parametrize("notebook, name, value", [("10_googlenet.ipynb", "STEM", 2),
+                                                    ("13_densenet.ipynb", "STEM", 2),
                                                     ("14_modern_convolutions.ipynb", "BLOCK", 1)])
 def test_a_choice_of_the_small_network_must_be_a_string(notebook, name, value):
     with pytest.raises(TypeError, match=f"{name} must be str"):
@@ -171,6 +174,7 @@ def test_a_choice_of_the_small_network_must_be_a_string(notebook, name, value):
 
 
 @pytest.mark.parametrize("notebook, name, value, trained", [
+    ("10_googlenet.ipynb", "STEM", "pool", "the chapter's GoogLeNet, with the paper's stem"),
     ("13_densenet.ipynb", "STEM", "pool", "the chapter's DenseNet, with ResNet's stem"),
     ("14_modern_convolutions.ipynb", "BLOCK", "resnet", "ConvNeXt-T")])
 def test_a_choice_of_the_small_network_is_refused_by_the_full_profile(notebook, name, value, trained):
